@@ -1,0 +1,46 @@
+# Two entry points on a fresh machine: `make bench` and `make test`. Both create .venv first.
+#
+# torch: a machine that already has a torch (a GPU box with its CUDA build) gets a venv that sees
+# the system site-packages, so that torch is used as it is. Elsewhere the venv gets TORCH_SPEC, the
+# CPU wheel this project is developed against.
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+SUITE ?= suites/quick.toml
+PYTEST_ARGS ?=
+
+.PHONY: install bench test test-all lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+		echo "using the torch already installed: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+	fi
+	$(PY) -m pip install -q -e ".[fused,dev]"
+	@touch $@
+
+bench: install
+	$(PY) -m workbench.bench_adamax
+
+test: install
+	$(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check workbench tests
+	$(PY) -m ruff format --check workbench tests
+
+format: install
+	$(PY) -m ruff format workbench tests
+	$(PY) -m ruff check --fix workbench tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,150 @@
+"""Backend vocabulary, choice of backend, grouping by (device, dtype), the compiled wrapper.
+
+A backend is a way of running one optimizer's update over a list of tensors:
+
+- ``forloop``: one tensor at a time, plain torch ops; the reference, and the only differentiable one.
+- ``foreach``: ``torch._foreach_*`` ops over each (device, dtype) group.
+- ``fused``: one Triton kernel launch per (device, dtype) group (see ``_kernels``).
+- ``compiled``: ``torch.compile`` of the forloop update, with lr and step fed as tensors so that a
+  scheduler changing lr never recompiles.
+
+Every optimizer writes its update functions with one signature (tensor lists, then keyword-only
+hyperparameters), so the machinery here never needs to know which optimizer it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import cache
+
+import torch
+from torch import Tensor
+
+BACKENDS: tuple[str, ...] = ("forloop", "foreach", "fused", "compiled")
+
+# Backends that keep `step` on the parameter's device: the kernel (or the compiled graph) reads it
+# there, so the bias correction never forces a host sync.
+DEVICE_STEP_BACKENDS = frozenset({"fused", "compiled"})
+
+# Devices on which torch's own foreach kernels are native (what `foreach=None` picks on torch).
+_NATIVE_FOREACH_DEVICES = frozenset({"cuda", "xpu", "mps", "hpu"})
+
+
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (how CI checks kernels)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def requested_backend(
+    optimizer: str,
+    supported: Sequence[str],
+    backend: str | None,
+    foreach: bool | None,
+    fused: bool | None,
+    differentiable: bool,
+) -> str | None:
+    """Validate what the constructor was asked for and turn it into one backend name (or None).
+
+    ``None`` means "choose per step like torch does" (see :func:`default_backend`).
+    """
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"{optimizer}: backend={backend!r} is not a backend; expected one of {BACKENDS}"
+            )
+        if backend not in supported:
+            raise ValueError(
+                f"{optimizer}: backend={backend!r} is not implemented for {optimizer}; "
+                f"it supports {tuple(supported)}"
+            )
+    if foreach and fused:
+        raise RuntimeError(f"{optimizer}: `foreach` and `fused` cannot both be True")
+    for flag, value, implied in (("foreach", foreach, "foreach"), ("fused", fused, "fused")):
+        if value and backend is not None and backend != implied:
+            raise ValueError(
+                f"{optimizer}: {flag}=True contradicts backend={backend!r}; pass one of them"
+            )
+        if value and backend is None:
+            backend = implied
+    if foreach is False and backend == "foreach":
+        raise ValueError(f"{optimizer}: foreach=False contradicts backend='foreach'")
+    if backend is not None and backend not in supported:
+        raise ValueError(
+            f"{optimizer}: backend {backend!r} is not implemented; it supports {tuple(supported)}"
+        )
+    if differentiable and backend not in (None, "forloop"):
+        raise RuntimeError(
+            f"{optimizer}: differentiable=True needs the forloop backend (autograd does not run "
+            f"through {backend} updates); got backend={backend!r}"
+        )
+    return backend
+
+
+def default_backend(params: Sequence[Tensor], differentiable: bool, foreach: bool | None) -> str:
+    """torch's rule for ``foreach=None``: foreach when every param is on a native foreach device."""
+    if foreach is False or differentiable:
+        return "forloop"
+    if foreach or all(p.device.type in _NATIVE_FOREACH_DEVICES for p in params):
+        return "foreach"
+    return "forloop"
+
+
+def check_fused_device(optimizer: str, params: Sequence[Tensor]) -> None:
+    """Refuse, before any step, params that the Triton kernel cannot update."""
+    if not triton_available():
+        raise RuntimeError(
+            f"{optimizer}: backend='fused' needs Triton, which is not installed "
+            "(pip install triton, or use backend='foreach')"
+        )
+    for p in params:
+        if not (p.is_floating_point() or p.is_complex()):
+            raise RuntimeError(
+                f"{optimizer}: backend='fused' needs floating-point or complex params, got {p.dtype}"
+            )
+        if p.device.type == "cuda":
+            continue
+        if p.device.type == "cpu" and triton_interpreting():
+            continue
+        raise RuntimeError(
+            f"{optimizer}: backend='fused' runs on CUDA tensors (or on CPU under "
+            f"TRITON_INTERPRET=1, for checking); got a param on {p.device}"
+        )
+
+
+def group_by_device_and_dtype(
+    tensor_lists: Sequence[Sequence[Tensor]],
+) -> list[list[list[Tensor]]]:
+    """Split parallel tensor lists into buckets sharing the first list's (device, dtype)."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[list[Tensor]]] = {}
+    for i, p in enumerate(tensor_lists[0]):
+        bucket = buckets.setdefault((p.device, p.dtype), [[] for _ in tensor_lists])
+        for lst, out in zip(tensor_lists, bucket):
+            out.append(lst[i])
+    return list(buckets.values())
+
+
+def scalar_dtype() -> torch.dtype:
+    """dtype of the `step` counter, as torch.optim keeps it."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+@cache
+def compiled(update: Callable[..., None]) -> Callable[..., None]:
+    """The torch.compile of an update function, made once per function.
+
+    Dynamo guards on the tensor lists' length and shapes, so it compiles once per group structure
+    and reuses the graph afterwards; lr arrives as a 0-dim tensor, so a new lr value is new data,
+    not a new graph. Other float hyperparameters are baked into the graph: changing them
+    (betas on a OneCycle schedule) recompiles.
+    """
+    return torch.compile(update, fullgraph=True, dynamic=False)

@@ -1,0 +1,1 @@
+"""Triton kernels of the fused backend. Import these modules only when Triton is installed."""

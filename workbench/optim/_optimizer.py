@@ -1,0 +1,185 @@
+"""The base class every workbench optimizer derives from.
+
+It owns what is the same for all of them: choosing the backend, gathering params that have grads,
+creating state, viewing complex tensors as real, grouping by (device, dtype), and dispatching to
+the optimizer's update functions. An optimizer file only declares its state, its hyperparameters
+and its update functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from . import _backends
+from ._backends import DEVICE_STEP_BACKENDS
+
+UpdateFn = Callable[..., None]
+
+
+class WorkbenchOptimizer(torch.optim.Optimizer):
+    """torch.optim.Optimizer with a `backend` per param group.
+
+    Subclasses set:
+      backends:           the backends they implement (from ``_backends.BACKENDS``)
+      state_names:        per-param state tensors shaped like the param, besides ``step``
+      update_functions:   {"forloop": fn, "foreach": fn, "fused": fn}; "compiled" compiles forloop
+      tensors_read / tensors_written: param-sized tensors one step must read and write, the
+                          floor of its memory traffic (``minimal_bytes``)
+    and implement ``_hyperparameters(group)``.
+    """
+
+    backends: ClassVar[tuple[str, ...]]
+    state_names: ClassVar[tuple[str, ...]]
+    update_functions: ClassVar[dict[str, UpdateFn]]
+    tensors_read: ClassVar[int]
+    tensors_written: ClassVar[int]
+    # Elementwise updates treat a complex param as its real view (torch.optim does the same).
+    elementwise: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        backend: str | None,
+        fused: bool | None = None,
+    ) -> None:
+        name = type(self).__name__
+        defaults["backend"] = _backends.requested_backend(
+            name,
+            self.backends,
+            backend,
+            defaults.get("foreach"),
+            fused,
+            defaults.get("differentiable", False),
+        )
+        super().__init__(params, defaults)
+
+    # ---- construction -------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        backend = group.get("backend")
+        if backend is not None and backend not in self.backends:
+            raise ValueError(
+                f"{type(self).__name__}: param group backend={backend!r} is not implemented; "
+                f"it supports {self.backends}"
+            )
+        if group.get("differentiable") and backend not in (None, "forloop"):
+            raise RuntimeError(
+                f"{type(self).__name__}: differentiable=True needs the forloop backend, "
+                f"got backend={backend!r}"
+            )
+        if backend == "fused":
+            _backends.check_fused_device(type(self).__name__, group["params"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # State dicts written by torch.optim carry no `backend`: keep choosing like torch does.
+        for group in self.param_groups:
+            group.setdefault("backend", None)
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_backends.scalar_dtype())
+
+    @classmethod
+    def minimal_bytes(cls, numel: int, dtype: torch.dtype) -> int:
+        """Bytes one step must move at least: each param-sized tensor read once, written once."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return (cls.tensors_read + cls.tensors_written) * numel * itemsize
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {
+            name: torch.zeros_like(p, memory_format=torch.preserve_format)
+            for name in self.state_names
+        }
+
+    # ---- the step -----------------------------------------------------------------------------
+
+    def resolve_backend(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        """The backend this group steps with, given the params that have grads."""
+        if group.get("backend") is not None:
+            return group["backend"]
+        if group.get("fused"):
+            return "fused"
+        return _backends.default_backend(params, group["differentiable"], group["foreach"])
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            # Only a differentiable step records autograd history (for hypergradients).
+            with torch.set_grad_enabled(bool(group["differentiable"])):
+                self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        name = type(self).__name__
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+        backend = self.resolve_backend(group, params)
+        if backend == "fused":
+            _backends.check_fused_device(name, params)
+        device_step = group["capturable"] or backend in DEVICE_STEP_BACKENDS
+
+        grads = [p.grad for p in params]
+        states = [self._state_for(p, group, device_step) for p in params]
+        tensor_lists = [params, grads]
+        tensor_lists += [[st[k] for st in states] for k in self.state_names]
+        if self.elementwise:
+            tensor_lists = [[_real_view(t) for t in lst] for lst in tensor_lists]
+        tensor_lists.append([st["step"] for st in states])
+
+        hyper = self._hyperparameters(group)
+        flags = {
+            "maximize": group["maximize"],
+            "capturable": group["capturable"],
+            "differentiable": group["differentiable"],
+        }
+        if backend == "forloop":
+            self.update_functions["forloop"](*tensor_lists, **hyper, **flags)
+            return
+        if backend == "compiled":
+            update = _backends.compiled(self.update_functions["forloop"])
+            if not isinstance(hyper["lr"], Tensor):
+                hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
+        else:
+            update = self.update_functions[backend]
+        for bucket in _backends.group_by_device_and_dtype(tensor_lists):
+            update(*bucket, **hyper, **flags)
+
+    def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.zeros(
+                (), dtype=_backends.scalar_dtype(), device=p.device if device_step else "cpu"
+            )
+            state.update(self._initial_state(p, group))
+        elif device_step and state["step"].device != p.device:
+            # e.g. a state_dict from a non-capturable torch.optim run, continued on a device backend
+            state["step"] = state["step"].to(device=p.device)
+        return state
+
+
+def _real_view(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t

@@ -1,0 +1,210 @@
+r"""Adamax: Adam with the infinity norm in place of the second moment.
+
+.. math::
+    g_t &= \pm\nabla f(\theta_{t-1}) + \lambda\,\theta_{t-1}                 \\
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1)\,g_t                                \\
+    u_t &= \max(\beta_2 u_{t-1},\ |g_t| + \epsilon)                          \\
+    \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,\frac{m_t}{u_t}
+
+(Kingma & Ba, "Adam: A Method for Stochastic Optimization", section 7.1.) The sign of the gradient
+flips with ``maximize``; :math:`\lambda` is ``weight_decay``, an L2 penalty folded into the gradient.
+
+State per param: ``step`` (0-dim float tensor), ``exp_avg`` (m), ``exp_inf`` (u), as torch.optim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._optimizer import WorkbenchOptimizer
+
+
+def _adamax_forloop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    # With step (and maybe lr) as device tensors, the bias correction stays on the device: no host
+    # sync, and a compiled graph that does not depend on their values.
+    compiling = torch.compiler.is_compiling()
+    on_device = capturable or compiling or (differentiable and isinstance(lr, Tensor))
+    for param, grad, exp_avg, exp_inf, step in zip(params, grads, exp_avgs, exp_infs, steps):
+        step += 1
+        if maximize:
+            grad = -grad
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        if differentiable or compiling:
+            # Neither autograd nor dynamo takes `out=`; build the max out of place, copy it back.
+            exp_inf.copy_(torch.maximum(exp_inf * beta2, grad.abs() + eps))
+        else:
+            torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+        if on_device:
+            # theta -= lr / bc * m / u, written as theta += m / (u * (beta1^t - 1) / lr) so the
+            # only division by a tensor scalar is folded into the denominator.
+            neg_bc_over_lr = (beta1**step - 1) / lr
+            param.addcdiv_(exp_avg, exp_inf * neg_bc_over_lr)
+        else:
+            step_size = float(lr) / (1 - beta1 ** step.item())
+            param.addcdiv_(exp_avg, exp_inf, value=-step_size)
+
+
+def _adamax_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    # One temporary list the size of the grads is the only extra memory: it holds the effective
+    # gradient, then |g| + eps, then (on the capturable path) the denominator.
+    torch._foreach_add_(steps, 1.0)
+    if maximize:
+        g = torch._foreach_neg(grads)
+        if weight_decay != 0:
+            torch._foreach_add_(g, params, alpha=weight_decay)
+    elif weight_decay != 0:
+        g = torch._foreach_add(grads, params, alpha=weight_decay)
+    else:
+        g = grads
+    torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
+    torch._foreach_mul_(exp_infs, beta2)
+    if g is grads:
+        g = torch._foreach_abs(grads)
+    else:
+        torch._foreach_abs_(g)
+    torch._foreach_add_(g, eps)
+    torch._foreach_maximum_(exp_infs, g)
+
+    if capturable:
+        neg_bc_over_lr = torch._foreach_pow(beta1, steps)
+        torch._foreach_sub_(neg_bc_over_lr, 1)
+        torch._foreach_div_(neg_bc_over_lr, lr)
+        torch._foreach_copy_(g, exp_infs)
+        torch._foreach_mul_(g, neg_bc_over_lr)
+        torch._foreach_addcdiv_(params, exp_avgs, g)
+    else:
+        lr_value = float(lr)
+        step_sizes = [-lr_value / (1 - beta1 ** s.item()) for s in steps]
+        torch._foreach_addcdiv_(params, exp_avgs, exp_infs, step_sizes)
+
+
+def _adamax_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    from ._kernels.adamax import adamax_fused_step
+
+    torch._foreach_add_(steps, 1.0)
+    adamax_fused_step(
+        params, grads, exp_avgs, exp_infs, steps,
+        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
+    )  # fmt: skip
+
+
+class Adamax(WorkbenchOptimizer):
+    """Adamax (see the module docstring for the update) with torch.optim.Adamax's signature.
+
+    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
+    and ``fused`` (``fused=True`` is ``backend="fused"``).
+    """
+
+    backends = ("forloop", "foreach", "fused", "compiled")
+    state_names = ("exp_avg", "exp_inf")
+    update_functions = {
+        "forloop": _adamax_forloop,
+        "foreach": _adamax_foreach,
+        "fused": _adamax_fused,
+    }
+    # read param, grad, exp_avg, exp_inf; write param, exp_avg, exp_inf
+    tensors_read = 4
+    tensors_written = 3
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        backend: str | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+        }
+        super().__init__(params, defaults, backend=backend, fused=fused)
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.dim() != 0:
+            lr = lr.squeeze()
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+        }
