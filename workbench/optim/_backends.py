@@ -14,9 +14,11 @@ hyperparameters), so the machinery here never needs to know which optimizer it r
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -138,6 +140,12 @@ def scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+# Dynamo keeps a few graphs per function and then silently runs it eagerly; a sweep over many
+# sizes and flags would pass that limit and time eager code as "compiled". Allow more graphs and
+# fail loudly past them instead.
+_RECOMPILE_LIMIT = 64
+
+
 @cache
 def compiled(update: Callable[..., None]) -> Callable[..., None]:
     """The torch.compile of an update function, made once per function.
@@ -147,4 +155,13 @@ def compiled(update: Callable[..., None]) -> Callable[..., None]:
     not a new graph. Other float hyperparameters are baked into the graph: changing them
     (betas on a OneCycle schedule) recompiles.
     """
-    return torch.compile(update, fullgraph=True, dynamic=False)
+    graph = torch.compile(update, fullgraph=True, dynamic=False)
+
+    @functools.wraps(update)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with torch._dynamo.config.patch(
+            recompile_limit=_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
+        ):
+            graph(*args, **kwargs)
+
+    return run

@@ -163,6 +163,9 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             update = _backends.compiled(self.update_functions["forloop"])
             if not isinstance(hyper["lr"], Tensor):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
+            # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element
+            # view of the same storage is updated correctly.
+            tensor_lists = [[t.view(1) if t.dim() == 0 else t for t in lst] for lst in tensor_lists]
         else:
             update = self.update_functions[backend]
         for bucket in _backends.group_by_device_and_dtype(tensor_lists):

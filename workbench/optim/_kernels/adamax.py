@@ -9,6 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
+from ._storage import to_storage
 
 # rows of the pointer table
 _PARAM, _GRAD, _EXP_AVG, _EXP_INF, _STEP = range(5)
@@ -65,9 +66,9 @@ def adamax_kernel(
     step_size = (lr_value / bias_correction).to(acc)
     param -= step_size * (exp_avg / exp_inf)
 
-    tl.store(param_ptr, param.to(DTYPE), mask=mask)
-    tl.store(exp_avg_ptr, exp_avg.to(DTYPE), mask=mask)
-    tl.store(exp_inf_ptr, exp_inf.to(DTYPE), mask=mask)
+    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
+    tl.store(exp_inf_ptr, to_storage(exp_inf, DTYPE), mask=mask)
 
 
 def adamax_fused_step(
