@@ -35,7 +35,9 @@ class Problem(nn.Module):
         self.transposed = nn.Parameter(torch.randn(4, 3).t())  # dense, not contiguous
         self.strided = nn.Parameter(torch.randn(3, 8)[:, ::2])  # not dense at all
         self.to(dtype)
-        self.complex = nn.Parameter(torch.randn(3, dtype=dtype.to_complex())) if with_complex else None
+        self.complex = (
+            nn.Parameter(torch.randn(3, dtype=dtype.to_complex())) if with_complex else None
+        )
         self.input = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=dtype).reshape(3, 2)
 
     def loss(self) -> torch.Tensor:
@@ -105,8 +107,9 @@ def test_low_precision(entry: OptimEntry, backend: str, config: dict, dtype: tor
     """fp16/bf16 params, the same grads fed to both sides.
 
     forloop and foreach compute in the storage dtype, as torch does: they must match torch's
-    forloop and foreach in that dtype (whose foreach ops accumulate in fp32 on some paths). fused and compiled compute in fp32 and round once when they store: they must match
-    torch run in fp32 whose params and state are rounded to the storage dtype after each step.
+    forloop and foreach in that dtype (torch's foreach ops accumulate in fp32 on some paths).
+    fused and compiled compute in fp32 and round once when they store: they must match torch run
+    in fp32 whose params and state are rounded to the storage dtype after each step.
     """
     torch.manual_seed(0)
     shapes = [(5, 7), (), (0,), (3, 8)]
@@ -132,7 +135,11 @@ def test_low_precision(entry: OptimEntry, backend: str, config: dict, dtype: tor
                     if key != "step":
                         value.copy_(value.to(dtype).to(ref_dtype))
             torch.testing.assert_close(
-                p.float(), q.float(), rtol=tol, atol=tol, msg=lambda m: f"param {n} step {i}: {m}"
+                p.float(),
+                q.float(),
+                rtol=tol,
+                atol=tol,
+                msg=lambda m, n=n, i=i: f"param {n} step {i}: {m}",
             )
             for key, value in ref.state[q].items():
                 torch.testing.assert_close(
@@ -140,5 +147,5 @@ def test_low_precision(entry: OptimEntry, backend: str, config: dict, dtype: tor
                     value.float().cpu(),
                     rtol=tol,
                     atol=tol,
-                    msg=lambda m, k=key: f"state[{k}] of param {n} step {i}: {m}",
+                    msg=lambda m, k=key, n=n, i=i: f"state[{k}] of param {n} step {i}: {m}",
                 )

@@ -2,7 +2,7 @@
 
 A backend is a way of running one optimizer's update over a list of tensors:
 
-- ``forloop``: one tensor at a time, plain torch ops; the reference, and the only differentiable one.
+- ``forloop``: one tensor at a time, plain torch ops; the reference, the only differentiable one.
 - ``foreach``: ``torch._foreach_*`` ops over each (device, dtype) group.
 - ``fused``: one Triton kernel launch per (device, dtype) group (see ``_kernels``).
 - ``compiled``: ``torch.compile`` of the forloop update, with lr and step fed as tensors so that a
@@ -111,7 +111,8 @@ def check_fused_device(optimizer: str, params: Sequence[Tensor]) -> None:
     for p in params:
         if not (p.is_floating_point() or p.is_complex()):
             raise RuntimeError(
-                f"{optimizer}: backend='fused' needs floating-point or complex params, got {p.dtype}"
+                f"{optimizer}: backend='fused' needs floating-point or complex params, "
+                f"got {p.dtype}"
             )
         if p.device.type == "cuda":
             continue

@@ -6,8 +6,8 @@ r"""Adamax: Adam with the infinity norm in place of the second moment.
     u_t &= \max(\beta_2 u_{t-1},\ |g_t| + \epsilon)                          \\
     \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,\frac{m_t}{u_t}
 
-(Kingma & Ba, "Adam: A Method for Stochastic Optimization", section 7.1.) The sign of the gradient
-flips with ``maximize``; :math:`\lambda` is ``weight_decay``, an L2 penalty folded into the gradient.
+(Kingma & Ba, "Adam: A Method for Stochastic Optimization", section 7.1.) The gradient's sign
+flips with ``maximize``; :math:`\lambda` is ``weight_decay``, an L2 penalty added to the gradient.
 
 State per param: ``step`` (0-dim float tensor), ``exp_avg`` (m), ``exp_inf`` (u), as torch.optim.
 """
@@ -174,15 +174,15 @@ class Adamax(WorkbenchOptimizer):
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
+        if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
+        if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= betas[0] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
+        if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {
             "lr": lr,

@@ -17,7 +17,7 @@ if triton_interpreting():
 
     @triton.jit
     def to_storage(x, DTYPE: tl.constexpr):
-        if DTYPE == tl.bfloat16:
+        if tl.bfloat16 == DTYPE:
             bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
             # add half an ulp of bf16, plus one if the kept part is odd (ties to even)
             bits += 0x7FFF + ((bits >> 16) & 1)

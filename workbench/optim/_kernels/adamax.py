@@ -41,7 +41,7 @@ def adamax_kernel(
     step_ptr = role_pointer(meta, 4, n_tensors, t, STEP_DTYPE, False)
 
     # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if DTYPE == tl.float64:
+    if tl.float64 == DTYPE:
         acc = tl.float64
     else:
         acc = tl.float32
@@ -85,7 +85,7 @@ def adamax_fused_step(
     weight_decay: float,
     maximize: bool,
 ) -> None:
-    """Update all tensors of one (device, dtype) group in one launch; `steps` already incremented."""
+    """Update all tensors of one (device, dtype) group in one launch; `steps` are incremented."""
     lr_is_tensor = isinstance(lr, Tensor)
     if lr_is_tensor and lr.device != params[0].device:
         lr = lr.to(params[0].device)
