@@ -2,30 +2,35 @@
 
 `compile_for_gpu` runs Triton's whole pipeline (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the
 `ptxas` that ships inside the triton wheel) for a chosen compute capability, so a test on a CPU-only
-machine can catch what the interpreter forgives (type errors in the compiled path, a kernel that
-spills) and read the PTX: whether the vectors move in 16-byte accesses, how many registers a thread
-needs.
+machine catches what the interpreter forgives (the compiled path's type rules, a kernel that
+spills) and can read the machine code: whether vectors move in 16-byte accesses, how many registers
+a thread needs.
 
-It works whether or not the process runs kernels through the interpreter (`TRITON_INTERPRET=1`, set
-for the CPU test run by tests/conftest.py). There `@triton.jit` hands out interpreter objects,
-which cannot be compiled; they are rebuilt here as real JIT functions from the same Python source,
-together with the jit helpers they call.
+Under the interpreter (`TRITON_INTERPRET=1`, which tests/conftest.py sets on a machine without a
+GPU) `@triton.jit` hands out interpreter objects, and modules may define interpreter-only variants
+of their jit helpers (see `_storage.py`). Compiling those would not give what a GPU runs, so
+kernels that come from an interpreting process are compiled in a fresh Python process with
+`TRITON_INTERPRET=0`, which imports them again by module and name; `compile_many` does a whole list
+in one such process (the import of torch and triton dominates a single compile).
 
-Known to work with triton 3.9 (this machine) and written against the API that triton 3.6 (the GPU
-boxes) shares with it: `ASTSource(fn, signature, constexprs)` with constexpr parameters listed in
-the signature as "constexpr", `GPUTarget(backend, arch, warp_size)`, `triton.knobs.nvidia`.
+Written against the API triton 3.6 (the GPU boxes) and triton 3.9 (this machine) share:
+`triton.compiler.ASTSource(fn, signature, constexprs)`, where the signature names every parameter
+and gives "constexpr" as the type of the compile-time ones (so since triton 3.2);
+`GPUTarget(backend, arch, warp_size)`; the tools in `triton.knobs.nvidia` (triton >= 3.4).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import subprocess
+import sys
 import tempfile
-import types
+import traceback
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import triton
@@ -45,8 +50,8 @@ _RESOURCE_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\
 class GpuBinary:
     """One kernel compiled for one compute capability, and what its machine code says about it.
 
-    asm:         every stage Triton produced: "ttir", "ttgir", "llir", "ptx" (text), "cubin" (bytes).
-    n_regs:      registers per thread, from the cubin (`cuobjdump -res-usage`).
+    asm:         each stage Triton produced: "ttir", "ttgir", "llir", "ptx" (text), "cubin" (bytes).
+    n_regs:      registers per thread, read from the cubin (`cuobjdump -res-usage`).
     stack_bytes: per-thread stack frame; ptxas spills registers there, so > 0 usually means spills.
     local_bytes: per-thread local memory the kernel itself asks for.
     """
@@ -54,7 +59,7 @@ class GpuBinary:
     name: str
     cc: int
     num_warps: int
-    asm: Mapping[str, str | bytes]
+    asm: Mapping[str, str | bytes] = field(repr=False)
     n_regs: int
     stack_bytes: int
     local_bytes: int
@@ -72,20 +77,34 @@ class GpuBinary:
 
     def global_accesses(self) -> Counter[str]:
         """How often each form of global-memory load and store appears in the PTX, e.g.
-        `{"ld.global.v4.b32": 32, "ld.global.b64": 12, "st.global.v4.b32": 24}`."""
+        `{"ld.global.v4.b32": 32, "ld.global.b64": 8, "st.global.v4.b32": 24}`."""
         return Counter(_GLOBAL_ACCESS.findall(self.ptx))
 
-    def access_bytes(self, kind: str) -> Counter[int]:
-        """Bytes moved per thread by the global accesses of `kind` ("ld" or "st"), keyed by the width
-        of one access in bytes: `{16: 512, 8: 96}` is 512 bytes in 16-byte accesses and 96 in 8-byte
-        ones."""
+    def bytes_by_width(self, kind: str) -> Counter[int]:
+        """Bytes that the global accesses of `kind` ("ld" or "st") in the PTX move, keyed by the
+        width of one access: `{16: 512, 8: 64}` is 512 bytes in 16-byte accesses and 64 bytes in
+        8-byte ones. Counted over the PTX text, so for a kernel without loops it is per thread."""
         moved: Counter[int] = Counter()
         for form, count in self.global_accesses().items():
-            if not form.startswith(kind + "."):
-                continue
-            width = access_width(form)
-            moved[width] += width * count
+            if form.startswith(kind + "."):
+                width = access_width(form)
+                moved[width] += width * count
         return moved
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """One variant of a kernel to compile; see `compile_for_gpu` for the fields."""
+
+    kernel: Any
+    signature: Mapping[str, str]
+    constexprs: Mapping[str, Any]
+    cc: int
+    num_warps: int | None = None
+
+
+class AotCompileError(RuntimeError):
+    """A kernel variant did not compile; the message holds the compiler's error."""
 
 
 def access_width(form: str) -> int:
@@ -102,14 +121,17 @@ def access_width(form: str) -> int:
 
 
 def unavailable_reason() -> str | None:
-    """Why this triton cannot build cubins here (no CUDA backend, no ptxas or cuobjdump), or None."""
+    """Why this triton cannot build cubins here (no CUDA backend, ptxas or cuobjdump), or None."""
     from triton.backends import backends
 
     if "nvidia" not in backends:
-        return f"triton {triton.__version__} has no CUDA backend (backends: {sorted(backends)})"
+        return f"triton {triton.__version__} has no CUDA backend (it has: {sorted(backends)})"
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is None:
+        return f"triton {triton.__version__} is older than 3.4 (no triton.knobs)"
     for tool in ("ptxas", "cuobjdump"):
         try:
-            getattr(triton.knobs.nvidia, tool).path  # noqa: B018 (raises when the tool is missing)
+            getattr(knobs.nvidia, tool).path  # noqa: B018 (raises when the tool is missing)
         except (AttributeError, RuntimeError) as e:
             return f"triton {triton.__version__} has no usable {tool}: {e}"
     return None
@@ -125,43 +147,68 @@ def compile_for_gpu(
 ) -> GpuBinary:
     """Compile `kernel` for NVIDIA compute capability `cc` (80 for A100, 90 for H100) without a GPU.
 
-    kernel:     a `@triton.jit` function (under the interpreter too, see the module docstring).
-    signature:  the runtime parameters' Triton types, as a launch would specialize them: "*fp32"
-                for a tensor or pointer, "i32"/"i64" for ints, "fp32" for floats. Specialization
-                hints (divisibility by 16, ints equal to 1) are left out, so the code is what a
-                launch gets when none of them holds.
-    constexprs: the `tl.constexpr` parameters' values (tl dtypes, bools, ints); every parameter
-                must be in exactly one of `signature` and `constexprs`.
-    num_warps:  as a launch would pass it; None is Triton's default, what a launch that passes
-                none gets.
+    kernel:     a module-level `@triton.jit` function.
+    signature:  the runtime parameters' Triton types, as a launch specializes them: "*fp32" for a
+                tensor or pointer, "i32" for a Python int, "fp32" for a Python float. Launch-time
+                hints (pointers divisible by 16, ints equal to 1 or divisible by 16) are left out,
+                so the code is what a launch gets when none of them holds.
+    constexprs: the `tl.constexpr` parameters' values (tl dtypes, bools, ints); each parameter is
+                in exactly one of `signature` and `constexprs`.
+    num_warps:  as the launch passes it; None is Triton's default (what a launch passing none gets).
+
+    Raises AotCompileError when the kernel does not compile.
     """
-    jit = _as_jit_function(kernel)
-    missing = set(jit.arg_names) - set(signature) - set(constexprs)
-    both = set(signature) & set(constexprs)
+    (result,) = compile_many([CompileRequest(kernel, signature, constexprs, cc, num_warps)])
+    if isinstance(result, AotCompileError):
+        raise result
+    return result
+
+
+def compile_many(requests: Sequence[CompileRequest]) -> list[GpuBinary | AotCompileError]:
+    """Compile every request; a variant that fails gives its AotCompileError in its place.
+
+    Kernels from an interpreting process are all compiled in one fresh process (module docstring).
+    """
+    if not any(isinstance(r.kernel, InterpretedFunction) for r in requests):
+        return [_compile_here(r) for r in requests]
+    return _compile_in_fresh_process(requests)
+
+
+def _compile_here(request: CompileRequest) -> GpuBinary | AotCompileError:
+    kernel = request.kernel
+    if not isinstance(kernel, JITFunction):
+        return AotCompileError(f"not a @triton.jit function: {kernel!r}")
+    missing = set(kernel.arg_names) - set(request.signature) - set(request.constexprs)
+    both = set(request.signature) & set(request.constexprs)
     if missing or both:
-        raise ValueError(
-            f"{jit.__name__}: parameters without a type or value: {sorted(missing)}, "
-            f"given both: {sorted(both)}"
+        return AotCompileError(
+            f"{kernel.__name__}: parameters with no type or value: {sorted(missing)}, "
+            f"with both: {sorted(both)}"
         )
-    # Since triton 3.2 the signature names every parameter and constexprs are typed "constexpr";
-    # the values go in `constexprs` keyed by name (ASTSource turns names into argument indices).
-    full_signature = {
-        name: "constexpr" if name in constexprs else signature[name] for name in jit.arg_names
+    signature = {
+        name: "constexpr" if name in request.constexprs else request.signature[name]
+        for name in kernel.arg_names
     }
-    source = ASTSource(fn=jit, signature=full_signature, constexprs=dict(constexprs))
-    options = {} if num_warps is None else {"num_warps": num_warps}
-    compiled = triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
-    asm = dict(compiled.asm)
-    cubin = asm["cubin"]
-    assert isinstance(cubin, bytes)
-    # A CompiledKernel learns its register count only when loaded onto a GPU (`n_regs` stays None
-    # until then), so it is read from the cubin instead.
-    n_regs, stack, local = _resource_usage(cubin, compiled.metadata.name)
+    source = ASTSource(fn=kernel, signature=signature, constexprs=dict(request.constexprs))
+    options = {} if request.num_warps is None else {"num_warps": request.num_warps}
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", request.cc, 32), options=options)
+        asm = dict(compiled.asm)
+        cubin = asm["cubin"]
+        assert isinstance(cubin, bytes)
+        # A CompiledKernel learns its register count only when loaded onto a GPU (`n_regs` is None
+        # until then), so it is read from the cubin.
+        n_regs, stack, local = _resource_usage(cubin, compiled.metadata.name)
+    except Exception as e:
+        return AotCompileError(
+            f"{kernel.__name__} for sm_{request.cc} with {dict(request.constexprs)}:\n"
+            + "".join(traceback.format_exception(e))
+        )
     return GpuBinary(
         name=compiled.metadata.name,
-        cc=cc,
+        cc=request.cc,
         num_warps=compiled.metadata.num_warps,
-        asm=types.MappingProxyType(asm),
+        asm=asm,
         n_regs=n_regs,
         stack_bytes=stack,
         local_bytes=local,
@@ -194,35 +241,60 @@ def _resource_usage(cubin: bytes, name: str) -> tuple[int, int, int]:
     return regs, stack, local
 
 
-def _as_jit_function(kernel: Any) -> JITFunction:
-    """`kernel` as a compilable JITFunction.
-
-    Under `TRITON_INTERPRET=1`, `@triton.jit` returns the interpreter's InterpretedFunction, which
-    keeps the Python function as `.fn` and the jit options as `.kwargs`. The function is rebuilt
-    over a copy of its module's globals in which every jit function it can reach is rebuilt too, so
-    the modules themselves (which the interpreter keeps using) are left as they are.
-    """
-    if isinstance(kernel, JITFunction):
-        return kernel
-    if not isinstance(kernel, InterpretedFunction):
-        raise TypeError(f"not a @triton.jit function: {kernel!r}")
-    jit = _rebuilt.get(kernel)
-    if jit is not None:
-        return jit
-    fn = kernel.fn
-    scope = dict(fn.__globals__)
-    clone = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    clone.__qualname__ = fn.__qualname__
-    clone.__module__ = fn.__module__
-    clone.__doc__ = fn.__doc__
-    jit = JITFunction(clone, **kernel.kwargs)
-    _rebuilt[kernel] = jit  # before the callees: a jit function may (indirectly) call itself
-    for name, value in scope.items():
-        if isinstance(value, InterpretedFunction):
-            scope[name] = _as_jit_function(value)
-    return jit
+# ---- compiling in a fresh process ------------------------------------------------------------
 
 
-# Interpreted jit functions (module-level, so they live as long as the process) -> their rebuilds.
-_rebuilt: dict[InterpretedFunction, JITFunction] = {}
+def _compile_in_fresh_process(
+    requests: Sequence[CompileRequest],
+) -> list[GpuBinary | AotCompileError]:
+    jobs = []
+    for r in requests:
+        fn = getattr(r.kernel, "fn", None)
+        if fn is None or "<locals>" in fn.__qualname__:
+            raise TypeError(f"not a module-level @triton.jit function: {r.kernel!r}")
+        where = (fn.__module__, fn.__qualname__)
+        jobs.append((*where, dict(r.signature), dict(r.constexprs), r.cc, r.num_warps))
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    # the child imports the kernels' modules the way this process found them
+    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs_path, results_path = os.path.join(tmp, "jobs"), os.path.join(tmp, "results")
+        with open(jobs_path, "wb") as f:
+            pickle.dump(jobs, f)
+        child = subprocess.run(
+            [sys.executable, "-m", __name__, jobs_path, results_path],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if child.returncode != 0 or not os.path.exists(results_path):
+            raise AotCompileError(
+                f"the compiling process failed (exit {child.returncode}):\n{child.stderr[-8000:]}"
+            )
+        with open(results_path, "rb") as f:
+            results: list[GpuBinary | AotCompileError] = pickle.load(f)
+    return results
+
+
+def _child_main(jobs_path: str, results_path: str) -> None:
+    import importlib
+
+    assert os.environ.get("TRITON_INTERPRET") == "0"
+    with open(jobs_path, "rb") as f:
+        jobs = pickle.load(f)
+    results: list[GpuBinary | AotCompileError] = []
+    for module, qualname, signature, constexprs, cc, num_warps in jobs:
+        kernel: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            kernel = getattr(kernel, part)
+        results.append(_compile_here(CompileRequest(kernel, signature, constexprs, cc, num_warps)))
+    with open(results_path, "wb") as f:
+        pickle.dump(results, f)
+
+
+if __name__ == "__main__":
+    # Run the module's own copy (not this `__main__` one), so what is pickled back names classes the
+    # parent can import.
+    import importlib
+
+    importlib.import_module(__spec__.name)._child_main(*sys.argv[1:3])

@@ -67,8 +67,8 @@ def _flat_dense(tensors: Sequence[Tensor]) -> bool:
 
 def _table(
     element_roles: Sequence[Sequence[Tensor]], scalar_roles: Sequence[Sequence[Tensor]], block: int
-) -> tuple[Tensor, int, bool]:
-    """(meta, number of chunks, whether every pointer is 16-byte aligned), cached by address."""
+) -> tuple[Tensor, int]:
+    """(meta, number of chunks) for these tensors, cached by their addresses and sizes."""
     device = element_roles[0][0].device
     ptrs = [[t.data_ptr() for t in role] for role in (*element_roles, *scalar_roles)]
     numels = [t.numel() for t in element_roles[0]]
@@ -85,12 +85,31 @@ def _table(
         chunk_start.extend(starts)
     flat = [p for role in ptrs for p in role] + numels + chunk_tensor + chunk_start
     meta = torch.tensor(flat, dtype=torch.int64).to(device, non_blocking=True)
-    aligned = all(p % 16 == 0 for role in ptrs[: len(element_roles)] for p in role)
-    entry = (meta, len(chunk_tensor), aligned)
+    entry = (meta, len(chunk_tensor))
     _tables[key] = entry
     if len(_tables) > _MAX_CACHED_TABLES:
         _tables.popitem(last=False)
     return entry
+
+
+def launch_num_warps(dtype: torch.dtype, aligned: bool) -> int:
+    """Warps per program on a GPU, so that no variant spills (ptxas for sm_80/sm_90, checked by
+    tests/test_kernel_compile.py). At BLOCK=4096, Triton's default of 4 warps puts 32 elements per
+    role on each thread and spills. Aligned launches use 16-byte accesses and fit fp32/bf16/fp16
+    in 8 warps; element-wide (unaligned) accesses each keep an address, so they take twice the
+    warps, and fp64, twice as wide, twice again."""
+    warps = 8 if aligned else 16
+    return warps * 2 if dtype == torch.float64 else warps
+
+
+def _vectorizable(tensors: Sequence[Tensor]) -> bool:
+    """16-byte aligned and a multiple of 16 elements long: the kernel may use 16-byte accesses.
+
+    The length matters as much as the address: the bounds mask is only uniform over each group
+    of 16 elements when the length is a multiple of 16, and a non-uniform mask forces the
+    compiler back to one element per access.
+    """
+    return tensors[0].numel() % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def launch(
@@ -100,15 +119,17 @@ def launch(
     *args: Any,
     **constexprs: Any,
 ) -> None:
-    """Run `kernel` once over every tensor of the parallel lists in `element_roles`.
+    """Run `kernel` over every tensor of the parallel lists in `element_roles`.
 
     element_roles: lists of same-shaped tensors (param, grad, state...), all of one dtype.
     scalar_roles:  lists of one-element device tensors per param (step counters).
     args:          the kernel's runtime scalars, after (meta, n_tensors, n_chunks).
     constexprs:    the kernel's compile-time flags; DTYPE, ALIGNED and BLOCK are filled in here.
 
-    Tensors that are not one dense block (slices, expanded views) go through contiguous copies that
-    are written back after the launch; empty tensors are skipped.
+    One launch covers every tensor that allows 16-byte accesses (the usual case: allocations are
+    aligned and model dimensions are multiples of 16), and a second one, only if needed, the
+    ragged rest. Tensors that are not one dense block (slices, expanded views) go through
+    contiguous copies written back after the launch; empty tensors are skipped.
     """
     keep = [i for i, t in enumerate(element_roles[0]) if t.numel() > 0]
     if not keep:
@@ -124,18 +145,32 @@ def launch(
                 role[i] = original.contiguous()
                 write_back.append((original, role[i]))
 
-    block = INTERPRETER_BLOCK if triton_interpreting() else GPU_BLOCK
-    meta, n_chunks, aligned = _table(roles, scalars, block)
-    dtype = TL_DTYPES[roles[0][0].dtype]
-    kernel[(n_chunks,)](
-        meta, len(keep), n_chunks, *args, DTYPE=dtype, ALIGNED=aligned, BLOCK=block, **constexprs
-    )
+    interpreting = triton_interpreting()
+    block = INTERPRETER_BLOCK if interpreting else GPU_BLOCK
+    dtype = roles[0][0].dtype
+    aligned = [_vectorizable([role[i] for role in roles]) for i in range(len(keep))]
+    for want in (True, False):
+        part = [i for i, a in enumerate(aligned) if a == want]
+        if not part:
+            continue
+        meta, n_chunks = _table(
+            [[role[i] for i in part] for role in roles],
+            [[role[i] for i in part] for role in scalars],
+            block,
+        )
+        launch_options = {} if interpreting else {"num_warps": launch_num_warps(dtype, want)}
+        kernel[(n_chunks,)](
+            meta, len(part), n_chunks, *args,
+            DTYPE=TL_DTYPES[dtype], ALIGNED=want, BLOCK=block, **constexprs, **launch_options,
+        )  # fmt: skip
     for original, copy in write_back:
         original.copy_(copy)
 
 
 @triton.jit
-def chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK: tl.constexpr):
+def chunk_of_program(
+    meta, n_roles, n_tensors, n_chunks, BLOCK: tl.constexpr, ALIGNED: tl.constexpr
+):
     """(tensor index, element offsets, in-bounds mask) of this program's chunk."""
     pid = tl.program_id(0)
     numels = meta + n_roles * n_tensors
@@ -145,7 +180,11 @@ def chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK: tl.constexpr):
     offsets = start + tl.arange(0, BLOCK)
     # chunks start at multiples of BLOCK: tell the compiler, so loads can be vectorized.
     offsets = tl.max_contiguous(tl.multiple_of(offsets, BLOCK), BLOCK)
-    mask = offsets < tl.load(numels + t)
+    numel = tl.load(numels + t)
+    if ALIGNED:
+        # launch() only sets ALIGNED for tensors of 16k elements: the mask is uniform per 16.
+        numel = tl.multiple_of(numel, 16)
+    mask = offsets < numel
     return t, offsets, mask
 
 

@@ -33,7 +33,7 @@ def adamax_kernel(
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK)
+    t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK, ALIGNED)
     param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
     grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
     exp_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
@@ -91,10 +91,12 @@ def adamax_fused_step(
         lr = lr.to(params[0].device)
     # log2(0) = -inf gives beta1**step = exp2(-inf) = 0, the right answer for beta1 = 0.
     log2_beta1 = math.log2(beta1) if beta1 > 0 else -math.inf
+    # floats, always: an int (weight_decay=0) would be typed i32 and compile a second kernel
+    scalars = [float(x) for x in (beta1, log2_beta1, beta2, eps, weight_decay)]
     launch(
         adamax_kernel,
         (params, grads, exp_avgs, exp_infs),
         (steps,),
-        lr, beta1, log2_beta1, beta2, eps, weight_decay,
+        lr if lr_is_tensor else float(lr), *scalars,
         MAXIMIZE=maximize, LR_IS_TENSOR=lr_is_tensor, STEP_DTYPE=TL_DTYPES[steps[0].dtype],
     )  # fmt: skip

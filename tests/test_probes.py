@@ -1,0 +1,311 @@
+"""The measurement probes: state bytes, step peak memory, launches, bandwidth, environment."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.harness import bandwidth, environment, launches, memory
+
+CPU = torch.device("cpu")
+MiB = 1 << 20
+
+
+def _adamax(n: int, numel: int, device: torch.device, foreach: bool) -> torch.optim.Adamax:
+    """A torch.optim.Adamax over n params of numel fp32 elements, stepped once (state exists)."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(numel, generator=gen).to(device).requires_grad_() for _ in range(n)]
+    for p in params:
+        p.grad = torch.randn(numel, generator=gen).to(device)
+    opt = torch.optim.Adamax(params, foreach=foreach)
+    opt.step()
+    return opt
+
+
+# ---- state_bytes ----------------------------------------------------------------------------
+
+
+def test_state_bytes_adamax_fp32_is_two_buffers_plus_steps() -> None:
+    params = [torch.randn(s, requires_grad=True) for s in [(1000,), (30, 40), (7,)]]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.Adamax(params)
+    opt.step()
+    steps = [opt.state[p]["step"] for p in params]
+    assert all(s.dtype == torch.float32 and s.numel() == 1 for s in steps)
+    numel = sum(p.numel() for p in params)
+    assert memory.state_bytes(opt) == 2 * numel * 4 + len(params) * 4
+
+
+def test_state_bytes_counts_a_shared_storage_once_at_full_size() -> None:
+    p = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1)
+    buf = torch.zeros(100, dtype=torch.float64)
+    opt.state[p] = {
+        "whole": buf,
+        "view": buf[10:20],  # same storage: no extra bytes
+        "nested": [buf[:5], torch.zeros(3, dtype=torch.float16)],
+        "step": torch.tensor(1.0),
+        "lr": 0.1,  # not a tensor: ignored
+    }
+    assert memory.state_bytes(opt) == 100 * 8 + 3 * 2 + 4
+
+
+# ---- step_peak_bytes, CPU -------------------------------------------------------------------
+
+
+def test_cpu_peak_adamax_foreach_vs_forloop() -> None:
+    """DESIGN.md's numbers: on CPU, torch's foreach Adamax (10 x 1M fp32) holds a params-sized
+    temporary (40 MB) above its inputs; the forloop one a single param's worth (4 MB)."""
+    foreach = _adamax(10, 1_000_000, CPU, foreach=True)
+    peak_foreach = memory.step_peak_bytes(foreach.step, CPU)
+    del foreach
+    forloop = _adamax(10, 1_000_000, CPU, foreach=False)
+    peak_forloop = memory.step_peak_bytes(forloop.step, CPU)
+    assert peak_foreach == pytest.approx(40e6, abs=0.5e6)
+    assert peak_forloop == pytest.approx(4e6, abs=0.5e6)
+
+
+def test_cpu_peak_is_the_memory_timeline_peak() -> None:
+    """The running sum of raw allocation events agrees with the categorised timeline that
+    `export_memory_timeline` writes (which starts from the live tensors' total)."""
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    opt = _adamax(4, 250_000, CPU, foreach=True)
+    prof = memory._profile_cpu_step(opt.step)
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    totals = [sum(row) for row in sizes]
+    assert (
+        memory._peak_from_profile(prof, CPU)
+        == max(totals) - totals[0]
+        == pytest.approx(4e6, abs=1e4)
+    )
+
+
+def test_cpu_peak_of_an_in_place_step_is_zero() -> None:
+    p, g = torch.randn(1_000_000), torch.randn(1_000_000)
+    assert memory.step_peak_bytes(lambda: p.add_(g, alpha=-0.1), CPU) == 0
+
+
+def test_cpu_peak_sees_a_temporary() -> None:
+    x = torch.randn(2 * MiB)  # 8 MiB of fp32
+
+    def step() -> None:
+        x.add_((x * 0.5).sum())  # the product is an 8 MiB temporary
+
+    peak = memory.step_peak_bytes(step, CPU)
+    assert peak is not None and 8 * MiB <= peak < 8 * MiB + 64 * 1024
+
+
+def test_cpu_peak_is_a_running_max_not_a_total() -> None:
+    def step() -> torch.Tensor:
+        big = torch.empty(2 * MiB)  # 8 MiB, freed before the next allocation
+        del big
+        return torch.empty(MiB)  # 4 MiB
+
+    peak = memory.step_peak_bytes(step, CPU)
+    assert peak is not None and 8 * MiB <= peak < 9 * MiB
+
+
+def test_cpu_peak_starts_from_the_level_before_the_step() -> None:
+    """Replacing a held buffer frees an old tensor: the peak is the new one, not new - old."""
+    held = [torch.empty(MiB)]
+
+    def step() -> None:
+        held[0] = torch.ones(MiB)  # allocate 4 MiB, then free the old 4 MiB
+
+    assert memory.step_peak_bytes(step, CPU) == pytest.approx(4 * MiB, abs=1024)
+
+
+# ---- launches -------------------------------------------------------------------------------
+
+
+def _foreach_and_loop(ts: list[torch.Tensor]) -> tuple[Callable[[], object], Callable[[], object]]:
+    return (lambda: torch._foreach_mul_(ts, 0.5)), (lambda: [t.mul_(0.5) for t in ts])
+
+
+def test_cpu_launches_count_top_level_aten_ops() -> None:
+    ts = [torch.randn(100) for _ in range(10)]
+    foreach, loop = _foreach_and_loop(ts)
+    assert launches.launch_unit(CPU) == "aten_ops"
+    # the CPU foreach op runs per-tensor aten ops inside itself: those do not count
+    assert launches.kernel_launches(foreach, CPU) == 1
+    assert launches.kernel_launches(loop, CPU) == 10
+    # a composite op (linear: t, addmm, ...) is one dispatch from Python
+    w, x = torch.randn(4, 8), torch.randn(2, 8)
+    assert launches.kernel_launches(lambda: torch.nn.functional.linear(x, w), CPU) == 1
+
+
+def test_cpu_launches_foreach_adamax_dispatches_fewer_ops() -> None:
+    foreach = _adamax(10, 1000, CPU, foreach=True)
+    forloop = _adamax(10, 1000, CPU, foreach=False)
+    assert launches.kernel_launches(foreach.step, CPU) < launches.kernel_launches(forloop.step, CPU)
+
+
+def test_trace_writes_a_chrome_trace_with_each_step(tmp_path: Path) -> None:
+    x = torch.randn(1000)
+    path = launches.trace(lambda: x.mul_(0.5), CPU, tmp_path / "sub" / "trace.json", steps=2)
+    events = json.loads(path.read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"workbench.step#0", "workbench.step#1", "aten::mul_"} <= names
+
+
+# ---- bandwidth ------------------------------------------------------------------------------
+
+
+def test_achieved_bandwidth_arithmetic() -> None:
+    assert bandwidth.achieved_bandwidth(3e9, 1.5) == 2e9
+    with pytest.raises(ValueError):
+        bandwidth.achieved_bandwidth(1e9, 0.0)
+
+
+def test_cpu_stream_bandwidth_is_plausible() -> None:
+    bw = bandwidth.stream_bandwidth(CPU)
+    # any machine this runs on streams between 0.5 GB/s and 2 TB/s
+    assert 0.5e9 < bw < 2e12
+
+
+def test_cpu_default_buffer_exceeds_the_last_level_cache() -> None:
+    llc = bandwidth.last_level_cache_bytes()
+    size = bandwidth._cpu_default_bytes()
+    assert size >= 64 * MiB
+    if llc is not None:
+        assert size >= min(2 * llc, 1024 * MiB)
+
+
+def test_parse_cache_size() -> None:
+    assert bandwidth._parse_size("32768K") == 32 * MiB
+    assert bandwidth._parse_size("2M") == 2 * MiB
+    assert bandwidth._parse_size("4096") == 4096
+
+
+# ---- environment ----------------------------------------------------------------------------
+
+
+def test_environment_has_every_key_and_a_reason_for_each_none() -> None:
+    env = environment.capture_environment()
+    expected = {
+        "git_sha", "git_dirty", "python", "torch", "torch_cuda", "numpy", "triton", "cpu_model",
+        "logical_cores", "torch_threads", "hostname", "os", *environment.GPU_KEYS, "unavailable",
+    }  # fmt: skip
+    assert expected <= env.keys()
+    json.dumps(env)  # goes into manifest.json as is
+    assert env["torch"] == torch.__version__
+    assert env["logical_cores"] >= 1 and env["torch_threads"] == torch.get_num_threads()
+    for key, value in env.items():
+        if value is None and key != "torch_cuda":  # torch_cuda is None on CPU builds: a fact
+            assert env["unavailable"].get(key), key
+    if not torch.cuda.is_available():
+        assert all(env[k] is None for k in environment.GPU_KEYS)
+
+
+def test_environment_git_state_of_this_checkout() -> None:
+    env = environment.capture_environment()
+    if env["git_sha"] is None:
+        pytest.skip(f"package is not in a git checkout: {env['unavailable']['git_sha']}")
+    assert re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+    assert isinstance(env["git_dirty"], bool)
+
+
+def test_environment_outside_git_gives_none_and_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(environment, "_REPO_DIR", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    env = environment.capture_environment()
+    assert env["git_sha"] is None and env["git_dirty"] is None
+    assert env["unavailable"]["git_sha"]
+
+
+def test_capabilities_on_cpu_name_what_is_missing() -> None:
+    caps = environment.capabilities(CPU)
+    for key in (
+        "latency_cuda_events",
+        "cuda_graph_replay",
+        "peak_allocator_stats",
+        "gpu_telemetry",
+    ):
+        assert caps[key], key
+    assert caps["stream_bandwidth"] is None and caps["peak_profiler_memory"] is None
+    assert "aten ops" in caps["kernel_launches"]
+    assert environment.capabilities("cpu") == caps  # the runner passes device strings
+
+
+def test_probes_take_device_strings() -> None:
+    x, y = torch.randn(1000), torch.randn(1000)
+    assert launches.launch_unit("cpu") == "aten_ops"
+    assert launches.kernel_launches(lambda: x.add_(y), "cpu") == 1
+    assert memory.step_peak_bytes(lambda: x.add_(y), "cpu") == 0
+    # a Python scalar operand is wrapped in a 0-dim tensor: the probe sees even that
+    assert 0 < memory.step_peak_bytes(lambda: x.mul_(0.5), "cpu") < 64
+
+
+# ---- CUDA -----------------------------------------------------------------------------------
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_peak_sees_a_temporary_and_not_the_inputs() -> None:
+    x = torch.randn(2 * MiB, device=CUDA)
+    assert memory.step_peak_bytes(lambda: x.add_(1.0), CUDA) == 0
+    peak = memory.step_peak_bytes(lambda: x.add_((x * 0.5).sum()), CUDA)
+    assert peak is not None and 8 * MiB <= peak < 9 * MiB
+
+
+@pytest.mark.cuda
+def test_cuda_state_bytes_and_foreach_peak() -> None:
+    opt = _adamax(10, 1_000_000, CUDA, foreach=True)
+    assert memory.state_bytes(opt) == 2 * 10_000_000 * 4 + 10 * 4
+    peak = memory.step_peak_bytes(opt.step, CUDA)
+    # a grads-sized temporary, as on CPU; the caching allocator may hand out blocks up to 1 MiB
+    # larger than asked when the remainder is too small to split
+    assert peak is not None and 39e6 <= peak <= 48e6
+
+
+@pytest.mark.cuda
+def test_cuda_launches_count_device_kernels() -> None:
+    ts = [torch.randn(1000, device=CUDA) for _ in range(10)]
+    foreach, loop = _foreach_and_loop(ts)
+    assert launches.launch_unit(CUDA) == "cuda_kernels"
+    assert launches.kernel_launches(foreach, CUDA) == 1  # one multi-tensor-apply launch
+    assert launches.kernel_launches(loop, CUDA) == 10
+    assert launches.kernel_launches(lambda: ts[0] * 2, CUDA) == 1
+
+
+@pytest.mark.cuda
+def test_cuda_launches_include_triton_kernels() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from workbench.optim import Adamax
+
+    params = [torch.randn(n, device=CUDA, requires_grad=True) for n in (1000, 10, 300)]
+    params.append(torch.randn(50, device=CUDA, dtype=torch.float64, requires_grad=True))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Adamax(params, backend="fused")
+    opt.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    triton = [
+        e for e in prof.events() if "adamax_kernel" in e.name and launches._is_device_kernel(e)
+    ]
+    # one launch per (device, dtype) group: none of these lengths is a multiple of 16, so no
+    # group is split into an aligned and a ragged launch
+    assert len(triton) == 2
+    assert launches._count_cuda_kernels(prof.events()) >= 2
+
+
+@pytest.mark.cuda
+def test_cuda_stream_bandwidth_and_environment() -> None:
+    assert bandwidth.stream_bandwidth(CUDA) > 100e9  # any datacenter GPU streams faster
+    env = environment.capture_environment(CUDA)
+    assert env["gpu_name"] and env["torch_cuda"]
+    assert environment.capabilities(CUDA)["latency_cuda_events"] is None

@@ -1,0 +1,116 @@
+"""Streaming-bandwidth probe: the roofline an optimizer step is held against.
+
+An optimizer step is a streaming kernel: it reads param, grad and state once and writes param and
+state once, with a few flops per element, so its ceiling is memory bandwidth, not compute. The
+probe that measures that ceiling is a copy (one read stream, one write stream) over buffers far
+larger than the last-level cache, on the same device, in the same run: `dst.copy_(src)` is what a
+tuned multi-input elementwise kernel can at best approach. A read-only reduction would overstate
+it (no write-allocate or write-back traffic); a triad adds a second input but not information.
+
+Bytes counted are bytes read + bytes written (2 x buffer size), the same convention as the
+optimizers' minimal traffic per element, so `achieved / stream` is a fraction of the ceiling.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+MiB = 1 << 20
+_CUDA_BYTES = 256 * MiB  # well above H100/H200 L2 (50 MiB) and A100's (40 MiB)
+_CPU_MIN_BYTES = 64 * MiB
+_CPU_MAX_BYTES = 1024 * MiB  # keep the probe quick and small even on many-socket boxes
+
+
+def achieved_bandwidth(minimal_bytes: float, median_s: float) -> float:
+    """Bytes/s of a step that must move `minimal_bytes` and took `median_s` seconds."""
+    if median_s <= 0:
+        raise ValueError(f"median_s must be positive, got {median_s}")
+    return minimal_bytes / median_s
+
+
+def stream_bandwidth(
+    device: torch.device | str, nbytes: int | None = None, reps: int = 20
+) -> float:
+    """Best-of-`reps` copy bandwidth on `device`, in bytes/s (read + written).
+
+    `nbytes` is each buffer's size; by default 256 MiB on CUDA and, on CPU, twice the machine's
+    total last-level cache (at least 64 MiB), so the two buffers span four times the cache.
+    Best-of, as STREAM reports: the probe stands for what the memory system can do, and the
+    slower repetitions measure interference (other tenants, frequency changes), not the machine.
+    """
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = _CUDA_BYTES if device.type == "cuda" else _cpu_default_bytes()
+    numel = max(1, nbytes // 4)
+    # Filled, not zeros: untouched or zeroed pages can be backed by one shared zero page, which
+    # reads from cache. Filling also takes the page faults outside the timed copies.
+    src = torch.full((numel,), 1.5, dtype=torch.float32, device=device)
+    dst = torch.full((numel,), -1.0, dtype=torch.float32, device=device)
+    moved = 2 * numel * 4
+    warmup = 3
+    if device.type == "cuda":
+        return moved / _best_cuda_s(src, dst, warmup, reps)
+    for _ in range(warmup):
+        dst.copy_(src)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return moved / best
+
+
+def _best_cuda_s(src: torch.Tensor, dst: torch.Tensor, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        dst.copy_(src)
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(reps)
+    ]
+    for start, end in events:
+        start.record()
+        dst.copy_(src)
+        end.record()
+    torch.cuda.synchronize(src.device)
+    return min(start.elapsed_time(end) for start, end in events) / 1e3
+
+
+def _cpu_default_bytes() -> int:
+    llc = last_level_cache_bytes()
+    if llc is None:
+        return _CPU_MIN_BYTES
+    return min(_CPU_MAX_BYTES, max(_CPU_MIN_BYTES, 2 * llc))
+
+
+def last_level_cache_bytes() -> int | None:
+    """Total size of the highest-level CPU cache across the machine (all instances), or None.
+
+    From sysfs: each cache instance is counted once, by the set of CPUs that share it.
+    """
+    root = Path("/sys/devices/system/cpu")
+    best_level = -1
+    instances: dict[str, int] = {}  # shared_cpu_list -> size: one entry per cache instance
+    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            level = int((index / "level").read_text())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = _parse_size((index / "size").read_text().strip())
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if level > best_level:
+            best_level, instances = level, {}
+        if level == best_level:
+            instances[shared] = size
+    return sum(instances.values()) or None
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1].upper() in units:
+        return int(text[:-1]) * units[text[-1].upper()]
+    return int(text)
