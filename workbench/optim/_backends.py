@@ -125,14 +125,18 @@ def check_fused_device(optimizer: str, params: Sequence[Tensor]) -> None:
 
 
 def group_by_device_and_dtype(
-    tensor_lists: Sequence[Sequence[Tensor]],
-) -> list[list[list[Tensor]]]:
-    """Split parallel tensor lists into buckets sharing the first list's (device, dtype)."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[list[Tensor]]] = {}
+    tensor_lists: Sequence[Sequence[Tensor | None]],
+) -> list[list[list[Tensor | None]]]:
+    """Split parallel tensor lists into buckets sharing the first list's (device, dtype).
+
+    An empty list (state a flag turned off) stays empty in every bucket.
+    """
+    buckets: dict[tuple[torch.device, torch.dtype], list[list[Tensor | None]]] = {}
     for i, p in enumerate(tensor_lists[0]):
         bucket = buckets.setdefault((p.device, p.dtype), [[] for _ in tensor_lists])
         for lst, out in zip(tensor_lists, bucket):
-            out.append(lst[i])
+            if lst:
+                out.append(lst[i])
     return list(buckets.values())
 
 

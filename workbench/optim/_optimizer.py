@@ -39,6 +39,11 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     tensors_written: ClassVar[int]
     # Elementwise updates treat a complex param as its real view (torch.optim does the same).
     elementwise: ClassVar[bool] = True
+    # Whether the state has a per-param `step` counter (SGD's does not); its list comes last.
+    has_step: ClassVar[bool] = True
+    # Whether the fused backend takes torch.amp.GradScaler's grad_scale / found_inf, as torch's
+    # fused Adam, AdamW, SGD and Adagrad do: the kernel unscales the grads and skips the step.
+    fused_amp_scaling: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -58,6 +63,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             defaults.get("differentiable", False),
         )
         super().__init__(params, defaults)
+        # torch.amp.GradScaler hands grad_scale / found_inf to optimizers that set this
+        self._step_supports_amp_scaling = self.fused_amp_scaling and defaults["backend"] == "fused"
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -93,10 +100,17 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                     st["step"] = torch.tensor(float(st["step"]), dtype=_backends.scalar_dtype())
 
     @classmethod
-    def minimal_bytes(cls, numel: int, dtype: torch.dtype) -> int:
+    def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
+        """(param-sized tensors read, written) by one step with these constructor flags.
+        Optimizers whose state depends on flags (amsgrad, momentum=0) override this."""
+        return cls.tensors_read, cls.tensors_written
+
+    @classmethod
+    def minimal_bytes(cls, numel: int, dtype: torch.dtype, **flags: Any) -> int:
         """Bytes one step must move at least: each param-sized tensor read once, written once."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return (cls.tensors_read + cls.tensors_written) * numel * itemsize
+        reads, writes = cls.tensors_moved(**flags)
+        return (reads + writes) * numel * itemsize
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -145,10 +159,14 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         states = [self._state_for(p, group, device_step) for p in params]
         tensor_lists = [params, grads]
-        tensor_lists += [[st[k] for st in states] for k in self.state_names]
+        for key in self.state_names:
+            values = [st.get(key) for st in states]
+            # state a flag turns off (amsgrad=False) is an empty list, not a list of None
+            tensor_lists.append([] if all(v is None for v in values) else values)
         if self.elementwise:
             tensor_lists = [[_real_view(t) for t in lst] for lst in tensor_lists]
-        tensor_lists.append([st["step"] for st in states])
+        if self.has_step:
+            tensor_lists.append([st["step"] for st in states])
 
         hyper = self._hyperparameters(group)
         flags = {
@@ -165,24 +183,34 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
             # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element
             # view of the same storage is updated correctly.
-            tensor_lists = [[t.view(1) if t.dim() == 0 else t for t in lst] for lst in tensor_lists]
+            tensor_lists = [[_one_dim(t) for t in lst] for lst in tensor_lists]
         else:
             update = self.update_functions[backend]
+            if backend == "fused":
+                # set by torch.amp.GradScaler around step() when _step_supports_amp_scaling
+                for key in ("grad_scale", "found_inf"):
+                    if getattr(self, key, None) is not None:
+                        hyper[key] = getattr(self, key)
         for bucket in _backends.group_by_device_and_dtype(tensor_lists):
             update(*bucket, **hyper, **flags)
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = self.state[p]
         if len(state) == 0:
-            state["step"] = torch.zeros(
-                (), dtype=_backends.scalar_dtype(), device=p.device if device_step else "cpu"
-            )
+            if self.has_step:
+                state["step"] = torch.zeros(
+                    (), dtype=_backends.scalar_dtype(), device=p.device if device_step else "cpu"
+                )
             state.update(self._initial_state(p, group))
-        elif device_step and state["step"].device != p.device:
+        elif device_step and "step" in state and state["step"].device != p.device:
             # e.g. a state_dict from a non-capturable torch.optim run, continued on a device backend
             state["step"] = state["step"].to(device=p.device)
         return state
 
 
-def _real_view(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
+def _real_view(t: Tensor | None) -> Tensor | None:
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def _one_dim(t: Tensor | None) -> Tensor | None:
+    return t.view(1) if t is not None and t.dim() == 0 else t
