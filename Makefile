@@ -8,7 +8,9 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
-SUITE ?= suites/quick.toml
+# `make bench` runs suites/gpu.toml where CUDA is present, else suites/quick.toml; SUITE=... picks.
+SUITE ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install bench test test-all lint format clean
@@ -26,7 +28,13 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 bench: install
-	$(PY) -m workbench.bench_adamax
+	@suite="$(SUITE)"; \
+	if [ -z "$$suite" ]; then \
+		if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+			suite=suites/gpu.toml; else suite=suites/quick.toml; fi; \
+	fi; \
+	echo "workbench run $$suite"; \
+	$(PY) -m workbench.cli run "$$suite" $(BENCH_ARGS)
 
 test: install
 	$(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)

@@ -1,0 +1,162 @@
+"""Run a suite: every case becomes one row in the run store, measured or failed, never lost.
+
+Per case: params and grads are built on the device (random normals: timing zeros would hide the
+work), the implementation builds its optimizer, and the probes the suite asks for run: latency,
+the optimizer's exact state bytes, the step's peak memory above its inputs, kernel launches, and
+achieved bandwidth against a streaming probe measured once per device in the same run.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from workbench.optim import OPTIMIZERS
+from workbench.results.store import RunStore
+
+from . import bandwidth, launches, memory
+from .cases import Case
+from .implementations import make_optimizer
+from .suite import Suite
+from .timing import time_steps
+
+# A working set smaller than this many times the last-level cache is replicated and the copies
+# stepped in turn, so each timed step streams from memory as a real model's step would.
+_CACHE_MULTIPLE = 4
+_MAX_COPIES = 64
+
+
+def cache_bytes(device: torch.device) -> int:
+    """The cache a small working set could live in: GPU L2, or the CPU's last-level cache."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    return bandwidth.last_level_cache_bytes() or 32 << 20
+
+
+def minimal_bytes(case: Case) -> int | None:
+    cls = OPTIMIZERS.get(case.optimizer)
+    return (
+        cls.minimal_bytes(case.numel, getattr(torch, case.dtype), **dict(case.flags))
+        if cls
+        else None
+    )
+
+
+class CaseFailure(Exception):
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _build(case: Case, device: torch.device, seed: int) -> tuple[torch.optim.Optimizer, list]:
+    dtype = getattr(torch, case.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in case.shapes:
+        p = torch.randn(shape, generator=gen).to(device, dtype).requires_grad_(True)
+        p.grad = torch.randn(shape, generator=gen).to(device, dtype)
+        params.append(p)
+    return make_optimizer(case, params), params
+
+
+def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
+    """Measure one case; raises CaseFailure (or anything) for the caller to turn into a row."""
+    device = torch.device(case.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CaseFailure("skipped", "CUDA is not available on this machine")
+    optimizer, params = _build(case, device, seed=0)
+    copies = [(optimizer, params)]
+    nbytes = minimal_bytes(case) or 0
+    llc = cache_bytes(device)
+    if 0 < nbytes < _CACHE_MULTIPLE * llc:
+        n = min(_MAX_COPIES, math.ceil(_CACHE_MULTIPLE * llc / nbytes))
+        copies += [_build(case, device, seed=i) for i in range(1, n)]
+    steps = [opt.step for opt, _ in copies]
+    counter = iter(range(1 << 62))
+
+    def step() -> None:
+        steps[next(counter) % len(steps)]()
+
+    t = suite.timing
+    timing = time_steps(
+        step,
+        device,
+        warmup_s=t.warmup_s,
+        min_steps=t.min_steps,
+        max_steps=t.max_steps,
+        budget_s=t.budget_s,
+    )
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
+    row: dict[str, Any] = {
+        "first_call_s": timing.first_call_s,
+        "median_s": timing.median_s,
+        "iqr_s": timing.iqr_s,
+        "min_s": min(timing.samples_s),
+        "n_samples": len(timing.samples_s),
+        "samples_s": timing.samples_s,
+        "working_set_copies": len(copies),
+        "minimal_bytes": nbytes or None,
+    }
+    if nbytes:
+        row["achieved_bw"] = nbytes / timing.median_s
+        row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
+    del copies[1:], steps[1:]
+    if suite.measure.memory:
+        row["state_bytes"] = memory.state_bytes(optimizer)
+        row["step_peak_bytes"] = memory.step_peak_bytes(optimizer.step, device)
+    if suite.measure.launches:
+        row["launches"] = launches.kernel_launches(optimizer.step, device)
+        row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
+    return row
+
+
+def _release(device_type: str) -> None:
+    gc.collect()
+    if device_type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_cases(
+    suite: Suite,
+    store: RunStore,
+    cases: Iterable[Case],
+    on_case_done: Callable[[Case, dict[str, Any]], None] = lambda case, row: None,
+) -> None:
+    """Run the cases the store does not hold yet, appending one row per case as it finishes."""
+    done = store.done_case_ids()
+    probes: dict[str, float | None] = dict(store.manifest.get("stream_bandwidth", {}))
+    for case in cases:
+        if case.case_id in done:
+            continue
+        row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
+        try:
+            if suite.measure.bandwidth_probe and case.device not in probes:
+                probes[case.device] = _probe(case.device)
+                store.manifest["stream_bandwidth"] = probes
+                store.write_manifest()
+            row.update(run_case(case, suite, probes.get(case.device)))
+            row["status"], row["error"] = "ok", None
+        except CaseFailure as e:
+            row["status"], row["error"] = e.status, str(e)
+        except torch.OutOfMemoryError as e:
+            row["status"], row["error"] = "oom", str(e).splitlines()[0]
+        except Exception as e:  # a failing case is a row; the sweep goes on
+            row["status"] = "error"
+            row["error"] = f"{type(e).__name__}: {e}"
+            row["traceback"] = traceback.format_exc(limit=8)
+        _release(case.device)
+        store.append(row)
+        on_case_done(case, row)
+
+
+def _probe(device: str) -> float | None:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return None
+    return bandwidth.stream_bandwidth(dev)

@@ -1,0 +1,612 @@
+"""Suites: sweeps declared as TOML data, validated before any work, expanded into cases.
+
+Schema (every table but ``[axes]`` is optional; defaults in brackets)::
+
+    [suite]
+    name = "quick"                      # [the file's stem]
+    description = "what it is for"      # [""]
+
+    [axes]                              # every axis is a list of distinct values
+    optimizers = ["Adamax"]             # required; names in workbench.optim.OPTIMIZERS
+    implementations = ["workbench", "torch"]   # [these two]; also "heavyball",
+                                        #   "pytorch_optimizer", or "package.module:factory"
+    backends = ["forloop", "foreach", "fused", "compiled"]  # [all of workbench.optim.BACKENDS]
+    sizes = ["100x100k", "gpt2-small"]  # required; see workbench.harness.shapes
+    dtypes = ["float32"]                # [float32]; float32 | bfloat16 | float16 | float64
+    devices = ["cpu"]                   # [cpu]; cpu | cuda (cuda without a GPU: error rows later)
+    repeats = 1                         # [1]; each case is measured this many times
+
+    [flags]                             # the flag matrix: each key is one axis, its list the
+    weight_decay = [0.0, 0.01]          #   values; keys are keyword arguments of the torch.optim
+    betas = [[0.9, 0.999]]              #   constructor (arrays become tuples). [no flags]
+    [flags.Adam]                        # a table named after an optimizer: flags for that
+    amsgrad = [false, true]             #   optimizer only (added to / overriding [flags])
+
+    [[exclude]]                         # drop every case matching all keys of one rule; keys are
+    device = "cpu"                      #   axis names in the singular (optimizer, implementation,
+    backend = ["fused", "compiled"]     #   backend, size, dtype, device, repeat) or flag names;
+                                        #   a list means "any of these"
+
+    [timing]                            # passed to workbench.harness.timing.time_steps
+    warmup_s = 0.5                      # [0.5] time-based warm-up after the first call
+    min_steps = 20                      # [20]  timed steps at least ...
+    max_steps = 1000                    # [1000] ... at most ...
+    budget_s = 2.0                      # [2.0] ... and until this much time is spent
+
+    [measure]                           # what to measure besides latency
+    memory = true                       # [true] peak memory of a step, exact state bytes
+    launches = true                     # [true] kernel launches per step (torch.profiler)
+    bandwidth_probe = true              # [true] streaming-bandwidth probe to compare against
+
+Backends per implementation: the workbench gets the listed backends its optimizer class
+implements; torch gets forloop and foreach, plus fused where torch.optim.<name> has a ``fused``
+argument (it has no compiled backend of its own); peers have one way of running, "default".
+
+``load_suite(path, overrides)`` takes ``--set key=value`` strings: a dotted key
+(``timing.budget_s=1``, ``axes.dtypes=["bfloat16"]``, ``flags.Adam.amsgrad=[true]``) and a TOML
+value; a bare word (``suite.name=smoke``) is taken as a string. Everything is checked before any
+case runs: a mistake raises :class:`SuiteError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import itertools
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.harness.cases import PEER_BACKEND, Case
+from workbench.harness.shapes import profile_shapes
+from workbench.optim import BACKENDS, OPTIMIZERS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DEVICES = ("cpu", "cuda")
+NAMED_IMPLEMENTATIONS = ("workbench", "torch", "heavyball", "pytorch_optimizer")
+TORCH_BACKENDS = ("forloop", "foreach", "fused")
+AXES = ("optimizer", "implementation", "backend", "size", "dtype", "device", "repeat")
+
+_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_BARE_WORD = re.compile(r"^[\w.:+\-]+$")
+
+# Keyword arguments the harness sets itself, so a suite may not.
+_RESERVED_FLAGS = {
+    "params": "the harness makes the parameters from the size axis",
+    "foreach": "the backends axis chooses it",
+    "fused": "the backends axis chooses it",
+    "backend": "the backends axis chooses it",
+}
+
+# table -> key -> (expected type, default); [flags] and [[exclude]] are free-form.
+_LIST = "a list of strings"
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "suite": {"name": ("a string", None), "description": ("a string", "")},
+    "axes": {
+        "optimizers": (_LIST, None),
+        "implementations": (_LIST, ["workbench", "torch"]),
+        "backends": (_LIST, list(BACKENDS)),
+        "sizes": (_LIST, None),
+        "dtypes": (_LIST, ["float32"]),
+        "devices": (_LIST, ["cpu"]),
+        "repeats": ("an integer", 1),
+    },
+    "timing": {
+        "warmup_s": ("a number", 0.5),
+        "min_steps": ("an integer", 20),
+        "max_steps": ("an integer", 1000),
+        "budget_s": ("a number", 2.0),
+    },
+    "measure": {
+        "memory": ("a boolean", True),
+        "launches": ("a boolean", True),
+        "bandwidth_probe": ("a boolean", True),
+    },
+}
+_TABLES = (*_SCHEMA, "flags", "exclude")
+
+
+class SuiteError(Exception):
+    """An invalid suite: ``str()`` is ``"<file>: <key>: <reason>"``."""
+
+    def __init__(self, path: Path | str, key: str, reason: str) -> None:
+        super().__init__(path, key, reason)
+        self.path, self.key, self.reason = Path(path), key, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.key}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    warmup_s: float = 0.5
+    min_steps: int = 20
+    max_steps: int = 1000
+    budget_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    memory: bool = True
+    launches: bool = True
+    bandwidth_probe: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    timing: TimingSettings
+    measure: MeasureSettings
+    overrides: tuple[str, ...] = ()
+    document: dict[str, Any] = field(default_factory=dict, repr=False)  # the TOML after --set
+    _cases: tuple[Case, ...] = field(default=(), repr=False)
+
+    def cases(self) -> list[Case]:
+        """Every case, in a fixed order: repeat, optimizer, device, dtype, size, flags,
+        implementation, backend (outermost first).
+
+        Cases compared with each other (implementations and backends on one problem) run back to
+        back, and each repeat is a full round over the suite, so that drift of the machine
+        (clocks, heat, other load) falls on all of them alike instead of on one.
+        Cases on a device this machine lacks are kept: the runner records them as error rows.
+        """
+        return list(self._cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a run manifest records about its suite."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": str(self.path),
+            "overrides": list(self.overrides),
+            "timing": asdict(self.timing),
+            "measure": asdict(self.measure),
+            "n_cases": len(self._cases),
+            "document": self.document,
+        }
+
+
+def load_suite(path: Path | str, overrides: Sequence[str] = ()) -> Suite:
+    """Read, override, validate and expand a suite; raise SuiteError on the first mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(path, "file", f"cannot read it: {e.strerror or e}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(path, f"line {_error_line(e, text)}", f"not valid TOML: {e}") from None
+    overridden = _apply_overrides(path, document, overrides)
+    return _Loader(path, overridden).build(document, tuple(overrides))
+
+
+def _error_line(error: Exception, text: str) -> int:
+    """The line a TOML error is on: its `lineno` (Python 3.14+), else parsed from the message,
+    which says "(at line N, column M)" or "(at end of document)"."""
+    if isinstance(getattr(error, "lineno", None), int):
+        return error.lineno  # type: ignore[attr-defined]
+    found = re.search(r"line (\d+)", str(error))
+    return int(found[1]) if found else max(1, len(text.splitlines()))
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+
+def _apply_overrides(path: Path, document: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    keys = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        where = f"--set {key or item}"
+        if not sep or not key:
+            raise SuiteError(path, where, "expected key=value, e.g. timing.budget_s=1")
+        parts = key.split(".")
+        _check_override_key(path, where, parts)
+        value = _parse_value(path, where, text.strip())
+        node = document
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise SuiteError(path, where, f"{prefix} is not a table")
+        node[parts[-1]] = value
+        keys.append(key)
+    return keys
+
+
+def _check_override_key(path: Path, where: str, parts: list[str]) -> None:
+    table = parts[0]
+    if any(not part for part in parts) or table not in _TABLES:
+        raise SuiteError(path, where, f"unknown table {table!r}{_did_you_mean(table, _TABLES)}")
+    if table in _SCHEMA and len(parts) == 2 and parts[1] not in _SCHEMA[table]:
+        hint = _did_you_mean(parts[1], _SCHEMA[table])
+        raise SuiteError(path, where, f"unknown key {parts[1]!r} in [{table}]{hint}")
+    depth = {"exclude": 1, "flags": 3}.get(table, 2)
+    if len(parts) > depth:
+        raise SuiteError(path, where, f"too many parts: [{table}] keys go {depth - 1} deep")
+
+
+def _parse_value(path: Path, where: str, text: str) -> Any:
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError as e:
+        if _BARE_WORD.match(text):
+            return text  # a bare word: suite.name=smoke
+        raise SuiteError(path, where, f"{text!r} is not a TOML value ({e})") from None
+    if set(parsed) != {"value"}:
+        raise SuiteError(path, where, f"{text!r} is not a single TOML value")
+    return parsed["value"]
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _did_you_mean(word: str, choices: Sequence[str] | dict[str, Any]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _freeze(value: Any) -> Any:
+    """TOML arrays become tuples, so that flags are hashable and compare like torch's defaults."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@functools.cache
+def _signature(optimizer: str) -> inspect.Signature:
+    """The reference signature: torch.optim's class of that name (ours where torch has none)."""
+    return inspect.signature(getattr(torch.optim, optimizer, None) or OPTIMIZERS[optimizer])
+
+
+def torch_backends(optimizer: str) -> tuple[str, ...]:
+    """The backends torch.optim.<optimizer> offers: fused only where it takes ``fused=``."""
+    if "fused" in _signature(optimizer).parameters and hasattr(torch.optim, optimizer):
+        return TORCH_BACKENDS
+    return ("forloop", "foreach")
+
+
+def implementation_backends(optimizer: str, implementation: str) -> tuple[str, ...]:
+    """Every backend an implementation can run an optimizer with (peers: just "default")."""
+    if implementation == "workbench":
+        return tuple(OPTIMIZERS[optimizer].backends)
+    if implementation == "torch":
+        return torch_backends(optimizer)
+    return (PEER_BACKEND,)
+
+
+class _Loader:
+    """Checks a parsed suite key by key; every error names the key it is about."""
+
+    def __init__(self, path: Path, overridden: Sequence[str]) -> None:
+        self.path, self.overridden = path, overridden
+
+    def error(self, key: str, reason: str) -> SuiteError:
+        by_set = [o for o in self.overridden if key == o or key.startswith((f"{o}.", f"{o}["))]
+        if by_set:
+            reason += f" (set by --set {by_set[-1]})"
+        return SuiteError(self.path, key, reason)
+
+    def build(self, document: dict[str, Any], overrides: tuple[str, ...]) -> Suite:
+        for table, value in document.items():
+            if table not in _TABLES:
+                raise self.error(table, f"unknown table{_did_you_mean(table, _TABLES)}")
+            expected = list if table == "exclude" else dict
+            if not isinstance(value, expected):
+                shape = "an array of tables [[exclude]]" if expected is list else f"a [{table}]"
+                raise self.error(table, f"expected {shape}, got {_type_name(value)}")
+        s = {table: self.table(document, table) for table in _SCHEMA}
+        axes = s["axes"]
+        self.check_axes(axes)
+        flags = self.check_flags(document.get("flags", {}), axes["optimizers"])
+        rules = self.check_excludes(document.get("exclude", []), flags)
+        timing = TimingSettings(**s["timing"])
+        self.check_timing(timing)
+        cases = self.expand(axes, flags, rules)
+        return Suite(
+            name=s["suite"]["name"] or self.path.stem,
+            description=s["suite"]["description"],
+            path=self.path,
+            timing=timing,
+            measure=MeasureSettings(**s["measure"]),
+            overrides=overrides,
+            document=document,
+            _cases=tuple(cases),
+        )
+
+    def table(self, document: dict[str, Any], table: str) -> dict[str, Any]:
+        """The keys of one fixed-schema table, type-checked, with defaults filled in."""
+        given = document.get(table, {})
+        for key in given:
+            if key not in _SCHEMA[table]:
+                hint = _did_you_mean(key, _SCHEMA[table])
+                raise self.error(f"{table}.{key}", f"unknown key{hint}")
+        out = {}
+        for key, (expected, default) in _SCHEMA[table].items():
+            if key not in given:
+                if default is None and table == "axes":
+                    raise self.error(f"{table}.{key}", "required, and missing")
+                out[key] = default
+                continue
+            value = given[key]
+            ok = {
+                _LIST: isinstance(value, list) and all(isinstance(v, str) for v in value),
+                "a string": isinstance(value, str),
+                "an integer": isinstance(value, int) and not isinstance(value, bool),
+                "a number": _is_number(value),
+                "a boolean": isinstance(value, bool),
+            }[expected]
+            if not ok:
+                raise self.error(f"{table}.{key}", f"expected {expected}, got {_type_name(value)}")
+            out[key] = float(value) if expected == "a number" else value
+        return out
+
+    def check_axes(self, axes: dict[str, Any]) -> None:
+        vocabularies = {
+            "optimizers": ("optimizer", list(OPTIMIZERS)),
+            "backends": ("backend", list(BACKENDS)),
+            "dtypes": ("dtype", list(DTYPES)),
+            "devices": ("device", list(DEVICES)),
+        }
+        for key in ("optimizers", "implementations", "backends", "sizes", "dtypes", "devices"):
+            values = axes[key]
+            if not values:
+                raise self.error(f"axes.{key}", "must list at least one value")
+            for i, value in enumerate(values):
+                where = f"axes.{key}[{i}]"
+                if value in values[:i]:
+                    raise self.error(where, f"{value!r} is listed twice")
+                if key in vocabularies:
+                    what, known = vocabularies[key]
+                    if value not in known:
+                        hint = _did_you_mean(value, known)
+                        raise self.error(where, f"unknown {what} {value!r}{hint}; known: {known}")
+                elif key == "implementations":
+                    self.check_implementation(where, value)
+                else:
+                    self.check_size(where, value)
+        if axes["repeats"] < 1:
+            raise self.error("axes.repeats", f"must be at least 1, got {axes['repeats']}")
+
+    def check_implementation(self, where: str, value: str) -> None:
+        # Only the syntax: whether the peer package is installed is the runner's question, since
+        # a suite must load on every machine (a missing peer makes error rows, like cuda does).
+        if value not in NAMED_IMPLEMENTATIONS and not _FACTORY.match(value):
+            hint = _did_you_mean(value, NAMED_IMPLEMENTATIONS)
+            raise self.error(
+                where,
+                f"unknown implementation {value!r}{hint}; expected one of "
+                f"{list(NAMED_IMPLEMENTATIONS)} or 'package.module:factory'",
+            )
+
+    def check_size(self, where: str, value: str) -> None:
+        try:
+            profile_shapes(value)
+        except ValueError as e:
+            raise self.error(where, str(e)) from None
+
+    def check_flags(
+        self, table: dict[str, Any], optimizers: list[str]
+    ) -> dict[str, dict[str, list[Any]]]:
+        """The flag matrix of each optimizer: name -> flag -> its values (normalised)."""
+        common = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        per_optimizer = {k: v for k, v in table.items() if isinstance(v, dict)}
+        for name in per_optimizer:
+            if name not in OPTIMIZERS:
+                hint = _did_you_mean(name, OPTIMIZERS)
+                raise self.error(
+                    f"flags.{name}",
+                    f"a table in [flags] must be named after an optimizer{hint}; "
+                    f"known: {list(OPTIMIZERS)}",
+                )
+        matrices = {}
+        for optimizer in optimizers:
+            matrix = {k: self.flag_values(f"flags.{k}", optimizer, k, v) for k, v in common.items()}
+            for k, v in per_optimizer.get(optimizer, {}).items():
+                matrix[k] = self.flag_values(f"flags.{optimizer}.{k}", optimizer, k, v)
+            self.try_construct(optimizer, matrix)
+            matrices[optimizer] = dict(sorted(matrix.items()))
+        # Tables for optimizers not in the axes are still checked: a typo there should not wait
+        # for the day someone adds that optimizer.
+        for optimizer, flags in per_optimizer.items():
+            if optimizer not in optimizers:
+                for k, v in flags.items():
+                    self.flag_values(f"flags.{optimizer}.{k}", optimizer, k, v)
+        return matrices
+
+    def flag_values(self, where: str, optimizer: str, flag: str, values: Any) -> list[Any]:
+        if flag in _RESERVED_FLAGS:
+            raise self.error(where, f"not a flag a suite may set: {_RESERVED_FLAGS[flag]}")
+        params = _signature(optimizer).parameters
+        if flag not in params:
+            accepted = [p for p in params if p not in _RESERVED_FLAGS]
+            raise self.error(
+                where,
+                f"torch.optim.{optimizer} takes no argument {flag!r}"
+                f"{_did_you_mean(flag, accepted)}; it takes {accepted}",
+            )
+        if not isinstance(values, list) or not values:
+            raise self.error(
+                where, f"expected a non-empty list of values, got {_type_name(values)}"
+            )
+        default, annotation = params[flag].default, str(params[flag].annotation)
+        out: list[Any] = []
+        for i, value in enumerate(values):
+            value = _freeze(value)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise self.error(f"{where}[{i}]", f"expected a boolean, got {_type_name(value)}")
+            if _is_number(default) and not _is_number(value):
+                raise self.error(f"{where}[{i}]", f"expected a number, got {_type_name(value)}")
+            if isinstance(default, tuple) and not (
+                isinstance(value, tuple) and len(value) == len(default)
+            ):
+                raise self.error(
+                    f"{where}[{i}]",
+                    f"expected an array of {len(default)} like {list(default)}, "
+                    f"got {_type_name(value)}",
+                )
+            if isinstance(value, int) and not isinstance(value, bool) and "float" in annotation:
+                value = float(value)  # weight_decay = 0 and 0.0 must be one case, one case_id
+            if value in out:
+                raise self.error(f"{where}[{i}]", f"{value!r} is listed twice")
+            out.append(value)
+        return out
+
+    def try_construct(self, optimizer: str, matrix: dict[str, list[Any]]) -> None:
+        """Build the reference optimizer once per flag combination on a 1-element tensor, so that
+        values it refuses (negative lr, beta >= 1) stop the suite now, not as error rows later."""
+        cls = getattr(torch.optim, optimizer, None) or OPTIMIZERS[optimizer]
+        param = torch.zeros(1, requires_grad=True)
+        for combo in _combinations(matrix):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    cls([param], **dict(combo))
+            except Exception as e:  # whatever the constructor raises is the user's message
+                shown = ", ".join(f"{k}={v!r}" for k, v in combo)
+                raise self.error("flags", f"{cls.__name__}({shown}) refused: {e}") from None
+
+    def check_excludes(
+        self, rules: list[Any], flags: dict[str, dict[str, list[Any]]]
+    ) -> list[dict[str, Any]]:
+        flag_names = sorted({k for matrix in flags.values() for k in matrix})
+        known = [*AXES, *flag_names]
+        out = []
+        for i, rule in enumerate(rules):
+            where = f"exclude[{i}]"
+            if not isinstance(rule, dict) or not rule:
+                raise self.error(where, f"expected a non-empty table, got {_type_name(rule)}")
+            checked = {}
+            for key, value in rule.items():
+                if key not in known:
+                    hint = _did_you_mean(key, known)
+                    raise self.error(f"{where}.{key}", f"unknown axis{hint}; axes: {known}")
+                value = _freeze(value)
+                if key in AXES:
+                    for alternative in value if isinstance(value, tuple) else (value,):
+                        self.check_exclude_value(f"{where}.{key}", key, alternative)
+                checked[key] = value
+            out.append(checked)
+        return out
+
+    def check_exclude_value(self, where: str, axis: str, value: Any) -> None:
+        # Checked against the vocabulary, not this suite's axes: a rule for a value that
+        # `--set` has removed is fine, a misspelt one would silently exclude nothing.
+        if axis == "repeat":
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise self.error(where, f"expected a repeat index >= 0, got {_type_name(value)}")
+            return
+        if not isinstance(value, str):
+            raise self.error(where, f"expected a string or a list of them, got {_type_name(value)}")
+        vocabulary = {
+            "optimizer": list(OPTIMIZERS),
+            "backend": [*BACKENDS, PEER_BACKEND],
+            "dtype": list(DTYPES),
+            "device": list(DEVICES),
+        }
+        if axis in vocabulary and value not in vocabulary[axis]:
+            hint = _did_you_mean(value, vocabulary[axis])
+            raise self.error(where, f"unknown {axis} {value!r}{hint}; known: {vocabulary[axis]}")
+        if axis == "implementation":
+            self.check_implementation(where, value)
+        if axis == "size":
+            self.check_size(where, value)
+
+    def check_timing(self, timing: TimingSettings) -> None:
+        if timing.warmup_s < 0:
+            raise self.error("timing.warmup_s", f"must be >= 0, got {timing.warmup_s}")
+        if timing.budget_s <= 0:
+            raise self.error("timing.budget_s", f"must be > 0, got {timing.budget_s}")
+        if timing.min_steps < 1:
+            raise self.error("timing.min_steps", f"must be >= 1, got {timing.min_steps}")
+        if timing.max_steps < timing.min_steps:
+            raise self.error(
+                "timing.max_steps",
+                f"must be >= min_steps ({timing.min_steps}), got {timing.max_steps}",
+            )
+
+    def expand(
+        self,
+        axes: dict[str, Any],
+        flags: dict[str, dict[str, list[Any]]],
+        rules: list[dict[str, Any]],
+    ) -> list[Case]:
+        cases, before = [], 0
+        for repeat, optimizer, device, dtype, size in itertools.product(
+            range(axes["repeats"]),
+            axes["optimizers"],
+            axes["devices"],
+            axes["dtypes"],
+            axes["sizes"],
+        ):
+            for combo in _combinations(flags[optimizer]):
+                for implementation in axes["implementations"]:
+                    offered = implementation_backends(optimizer, implementation)
+                    if offered == (PEER_BACKEND,):
+                        backends = [PEER_BACKEND]  # peers ignore the backends axis
+                    else:
+                        backends = [b for b in axes["backends"] if b in offered]
+                    for backend in backends:
+                        case = Case(
+                            optimizer=optimizer,
+                            implementation=implementation,
+                            backend=backend,
+                            size=size,
+                            shapes=profile_shapes(size),
+                            dtype=dtype,
+                            device=device,
+                            flags=combo,
+                            repeat=repeat,
+                        )
+                        before += 1
+                        if not any(_matches(case, rule) for rule in rules):
+                            cases.append(case)
+        if not cases:
+            if before:
+                raise self.error("exclude", f"the exclude rules drop all {before} cases")
+            raise self.error(
+                "axes.backends",
+                f"no implementation in {axes['implementations']} offers any of {axes['backends']}",
+            )
+        return cases
+
+
+def _combinations(matrix: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
+    keys = sorted(matrix)
+    return [tuple(zip(keys, values)) for values in itertools.product(*(matrix[k] for k in keys))]
+
+
+def _matches(case: Case, rule: dict[str, Any]) -> bool:
+    """True when every key of the rule matches; a tuple in a rule is a set of alternatives, except
+    for a tuple-valued flag (betas), where it may also be the value itself."""
+    flags = dict(case.flags)
+    for key, wanted in rule.items():
+        if key in AXES:
+            actual = getattr(case, key)
+        elif key in flags:
+            actual = flags[key]
+        else:
+            return False  # a flag this case does not set (another optimizer's)
+        if not (actual == wanted or (isinstance(wanted, tuple) and actual in wanted)):
+            return False
+    return True
