@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install -q -e ".[fused,dev]"
+	$(PY) -m pip install -q -e ".[fused,dev,peers]"
 	@touch $@
 
 bench: install

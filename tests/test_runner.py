@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -72,6 +73,15 @@ def test_a_failing_case_is_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert len(failed) == 1 and failed["status"].iloc[0] == "error"
     assert "not installed" in failed["error"].iloc[0]
     assert (df[df["implementation"] != "no_such_module:make"]["status"] == "ok").all()
+
+
+def test_peers_run_beside_ours_or_are_skipped_when_absent(tmp_path: Path) -> None:
+    suite = _suite(tmp_path, extra_impl=', "pytorch_optimizer", "heavyball"')
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 0
+    df = load(_only_run(tmp_path / "out")).set_index("implementation")
+    for peer in ("pytorch_optimizer", "heavyball"):
+        installed = importlib.util.find_spec(peer) is not None
+        assert df.loc[peer, "status"] == ("ok" if installed else "skipped"), df.loc[peer, "error"]
 
 
 def test_a_bad_suite_is_refused_before_any_work(tmp_path: Path, capsys) -> None:

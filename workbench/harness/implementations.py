@@ -7,6 +7,7 @@ or `module:factory`, where `factory(params, **flags)` returns a torch.optim.Opti
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,19 @@ from .cases import Case
 
 
 class ImplementationError(Exception):
-    """The case cannot be built (a peer not installed, an unknown factory): an error row."""
+    """The case cannot be built (an unknown factory, a flag the peer lacks): an error row."""
+
+    status = "error"
+
+
+class NotInstalled(ImplementationError):
+    """An optional peer that this machine does not have: a skipped row, not a failure."""
+
+    status = "skipped"
+
+
+# Peers that name an optimizer differently from torch.optim.
+_PEER_NAMES = {"pytorch_optimizer": {"Adamax": "AdaMax"}}
 
 
 _TORCH_BACKEND_FLAGS = {
@@ -38,24 +51,35 @@ def make_optimizer(case: Case, params: list[Tensor]) -> torch.optim.Optimizer:
         cls = getattr(torch.optim, case.optimizer)
         return cls(params, **_TORCH_BACKEND_FLAGS[case.backend], **flags)
     if impl in ("heavyball", "pytorch_optimizer"):
-        module = _import(impl)
-        cls = getattr(module, case.optimizer, None)
+        module = _import(impl, optional=True)
+        name = _PEER_NAMES.get(impl, {}).get(case.optimizer, case.optimizer)
+        cls = getattr(module, name, None)
         if cls is None:
-            raise ImplementationError(f"{impl} has no optimizer named {case.optimizer}")
+            raise ImplementationError(f"{impl} has no optimizer named {name}")
+        _check_flags(f"{impl}.{name}", cls, flags)
         return cls(params, **flags)
     return _factory(impl)(params, **flags)
 
 
-def _import(name: str) -> Any:
+def _check_flags(where: str, cls: Any, flags: dict[str, Any]) -> None:
+    """A peer silently swallowing a flag (via **kwargs) would time a different update."""
+    accepted = inspect.signature(cls).parameters
+    unknown = sorted(set(flags) - set(accepted))
+    if unknown:
+        raise ImplementationError(f"{where} does not take {unknown}: not the same update")
+
+
+def _import(name: str, *, optional: bool) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        raise ImplementationError(f"implementation {name!r} is not installed ({e})") from None
+        error = NotInstalled if optional else ImplementationError
+        raise error(f"implementation {name!r} is not installed ({e})") from None
 
 
 def _factory(spec: str) -> Callable[..., torch.optim.Optimizer]:
     module_name, _, attr = spec.partition(":")
-    factory = getattr(_import(module_name), attr, None)
+    factory = getattr(_import(module_name, optional=False), attr, None)
     if not callable(factory):
         raise ImplementationError(f"{spec!r}: {module_name} has no callable {attr!r}")
     return factory

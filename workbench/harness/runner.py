@@ -21,7 +21,7 @@ from workbench.results.store import RunStore
 
 from . import bandwidth, launches, memory
 from .cases import Case
-from .implementations import make_optimizer
+from .implementations import ImplementationError, make_optimizer
 from .suite import Suite
 from .timing import time_steps
 
@@ -142,7 +142,7 @@ def run_cases(
                 store.write_manifest()
             row.update(run_case(case, suite, probes.get(case.device)))
             row["status"], row["error"] = "ok", None
-        except CaseFailure as e:
+        except (CaseFailure, ImplementationError) as e:
             row["status"], row["error"] = e.status, str(e)
         except torch.OutOfMemoryError as e:
             row["status"], row["error"] = "oom", str(e).splitlines()[0]
