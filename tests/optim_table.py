@@ -24,6 +24,9 @@ class OptimEntry:
     ours_only: tuple[str, ...] = ("capturable",)
     # a bad-input table: (kwargs, error type, message regex)
     errors: list[tuple[dict[str, Any], type[Exception], str]] = field(default_factory=list)
+    # group hyperparameters under which a step leaves the params as they are (Rprop: lr only sets
+    # the first step size, which is then clamped to at least step_sizes[0])
+    frozen: dict[str, Any] = field(default_factory=lambda: {"lr": 0.0})
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -75,4 +78,288 @@ ADAMAX = OptimEntry(
     ],
 )
 
-TABLE: list[OptimEntry] = [ADAMAX]
+ADADELTA = OptimEntry(
+    name="Adadelta",
+    configs=[
+        {},
+        {"lr": 0.01},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"weight_decay": 0.1, "maximize": True},
+        {"rho": 0.95, "weight_decay": 0.9},
+        {"capturable": True},
+        {"weight_decay": 0.1, "capturable": True},
+        {"lr": torch.tensor(0.001), "capturable": True},
+        # ours: a tensor lr read on the host, rho = 0 (the average is the last square)
+        {"lr": torch.tensor(0.5), "rho": 0.0, "eps": 1e-3, "weight_decay": 0.1, "maximize": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 1e-2, "rho": 1.1}, ValueError, "Invalid rho value: 1.1"),
+        ({"rho": -0.1}, ValueError, "Invalid rho value: -0.1"),
+        ({"eps": -1e-6}, ValueError, "Invalid epsilon value"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+)
+
+ASGD = OptimEntry(
+    name="ASGD",
+    configs=[
+        {},
+        {"lambd": 0.1},
+        {"lr": 0.02},
+        {"t0": 100},
+        {"maximize": True},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "maximize": True},
+        {"capturable": True},
+        {"maximize": True, "capturable": True},
+        {"weight_decay": 0.1, "capturable": True},
+        {"weight_decay": 0.1, "maximize": True, "capturable": True},
+        {"lr": torch.tensor(0.001), "weight_decay": 0.1, "maximize": True, "capturable": True},
+        # ours: averaging that starts within the test's steps (mu < 1 from step 4 on), with a
+        # tensor lr read on the host, then on the device
+        {"t0": 2, "lambd": 0.1, "lr": torch.tensor(0.05)},
+        {"t0": 2, "lambd": 0.1, "weight_decay": 0.1, "capturable": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 1e-2, "weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+)
+
+RPROP = OptimEntry(
+    name="Rprop",
+    configs=[
+        {},
+        {"lr": 2e-4},
+        {"etas": (0.5, 1.5)},
+        {"step_sizes": (2e-6, 100)},
+        {"maximize": True},
+        {"capturable": True},
+        {"lr": torch.tensor(0.001), "capturable": True},
+        # ours: step sizes that hit both clamps, a tensor lr read on the host, maximize
+        {"lr": torch.tensor(0.05), "etas": (0.3, 1.7), "step_sizes": (1e-3, 0.1), "maximize": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 1e-2, "etas": (1.0, 0.5)}, ValueError, "Invalid eta values: 1.0, 0.5"),
+        ({"etas": (0.5, 1.0)}, ValueError, "Invalid eta values: 0.5, 1.0"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+    frozen={"lr": 0.0, "step_sizes": (0.0, 0.0)},
+)
+
+NADAM = OptimEntry(
+    name="NAdam",
+    configs=[
+        {},
+        {"lr": 1e-3},
+        {"momentum_decay": 6e-3},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "momentum_decay": 6e-3},
+        {"weight_decay": 0.1, "momentum_decay": 6e-3, "decoupled_weight_decay": True},
+        {"weight_decay": 0.1, "maximize": True},
+        {"capturable": True},
+        {"weight_decay": 0.9, "momentum_decay": 6e-3, "capturable": True},
+        {"weight_decay": 0.9, "momentum_decay": 6e-3, "decoupled_weight_decay": True,
+         "capturable": True},
+        {"lr": torch.tensor(0.001), "weight_decay": 0.9, "momentum_decay": 6e-3,
+         "decoupled_weight_decay": True, "capturable": True},
+        # ours: maximize on the device path, and beta1 = 0 (mu_product stays 0)
+        {"betas": (0.0, 0.9), "maximize": True, "capturable": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"eps": -1e-8}, ValueError, "Invalid epsilon value"),
+        ({"lr": 1e-2, "betas": (1.0, 0.0)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+        ({"betas": (0.0, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"lr": 1e-2, "momentum_decay": -0.2}, ValueError, "Invalid momentum_decay value: -0.2"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+)  # fmt: skip
+
+RADAM = OptimEntry(
+    name="RAdam",
+    configs=[
+        {},
+        {"lr": 2e-3},
+        {"eps": 1e-6},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"weight_decay": 0.1, "maximize": True},
+        {"capturable": True},
+        {"capturable": True, "weight_decay": 0.1},
+        {"capturable": True, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": torch.tensor(0.001), "capturable": True, "weight_decay": 0.1,
+         "decoupled_weight_decay": True},
+        # ours: maximize on the device path, and beta1 = 0 with a short rho_inf (19)
+        {"betas": (0.0, 0.9), "eps": 1e-3, "maximize": True, "capturable": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"eps": -1e-8}, ValueError, "Invalid epsilon value"),
+        ({"lr": 1e-2, "betas": (1.0, 0.0)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+        ({"betas": (0.0, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+        ({"lr": 1e-2, "weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+)  # fmt: skip
+
+
+# torch's Adam configs (optim_inputs_func_adam; AdamW's are the same), the CUDA-only capturable
+# ones included; ours add what they leave out.
+_ADAM_CONFIGS: list[dict] = [
+    {},
+    {"lr": 0.01},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "maximize": True},
+    {"weight_decay": 0.1, "amsgrad": True},
+    {"capturable": True},
+    {"weight_decay": 0.1, "amsgrad": True, "capturable": True},
+    {"lr": torch.tensor(0.001), "amsgrad": True, "capturable": True},
+    {"lr": torch.tensor(0.001), "betas": (torch.tensor([[[0.9]]]), torch.tensor([[0.99]])),
+     "amsgrad": True, "capturable": True},
+    {"lr": torch.tensor(0.001), "betas": (torch.tensor(0.9), torch.tensor(0.99)),
+     "amsgrad": False, "capturable": True},
+]  # fmt: skip
+_ADAM_ERRORS: list[tuple[dict, type[Exception], str]] = [
+    ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+    ({"eps": -1e-8}, ValueError, "Invalid epsilon value"),
+    ({"lr": 1e-2, "betas": (1.0, 0.0)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+    ({"betas": (0.0, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+    ({"lr": 1e-2, "weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
+    ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ({"lr": torch.tensor(0.001), "foreach": True}, ValueError,
+     "lr as a Tensor is not supported for capturable=False and foreach=True"),
+    ({"lr": 1e-2, "betas": (0.9, torch.tensor(0.99))}, ValueError,
+     "betas must be either both floats or both Tensors"),
+    ({"lr": 1e-2, "betas": (torch.tensor(0.9), 0.99)}, ValueError,
+     "betas must be either both floats or both Tensors"),
+    ({"lr": 1e-2, "betas": (torch.tensor(0.9), torch.tensor(0.99)), "foreach": True}, ValueError,
+     r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True"),
+    ({"fused": True, "differentiable": True}, RuntimeError,
+     "`fused` does not support `differentiable`"),
+    ({"fused": True, "foreach": True}, RuntimeError,
+     "`fused` and `foreach` cannot be `True` together"),
+]  # fmt: skip
+
+ADAM = OptimEntry(
+    name="Adam",
+    configs=_ADAM_CONFIGS + [
+        # ours: a tensor lr read on the host, with Adam's own decoupled decay; beta1 = 0 with
+        # everything else on; the decoupled decay on the device path
+        {"lr": torch.tensor(0.01), "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"betas": (0.0, 0.5), "eps": 1e-3, "weight_decay": 0.1, "maximize": True, "amsgrad": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True, "capturable": True},
+    ],
+    errors=_ADAM_ERRORS,
+)  # fmt: skip
+
+ADAMW = OptimEntry(
+    name="AdamW",
+    configs=_ADAM_CONFIGS + [
+        # ours: as for Adam (AdamW's decay is always decoupled, 1e-2 by default)
+        {"lr": torch.tensor(0.01)},
+        {"betas": (0.0, 0.5), "eps": 1e-3, "weight_decay": 0.1, "maximize": True, "amsgrad": True},
+        {"weight_decay": 0.1, "maximize": True, "capturable": True},
+    ],
+    errors=_ADAM_ERRORS,
+)  # fmt: skip
+
+# torch.optim's refusals for its own `fused` flag (SGD, Adagrad, Adam, AdamW), on any device
+_FUSED_FLAG_ERRORS: list[tuple[dict, type[Exception], str]] = [
+    ({"foreach": True, "fused": True}, RuntimeError,
+     "`fused` and `foreach` cannot be `True` together"),
+    ({"fused": True, "differentiable": True}, RuntimeError,
+     "`fused` does not support `differentiable`"),
+]  # fmt: skip
+
+SGD = OptimEntry(
+    name="SGD",
+    configs=[
+        {},
+        {"lr": 1e-2},
+        {"lr": torch.tensor(0.001)},
+        {"weight_decay": 0.5},
+        {"momentum": 0.9},
+        {"weight_decay": 0.1, "maximize": True},
+        {"momentum": 0.9, "dampening": 0.5},
+        {"momentum": 0.9, "weight_decay": 0.1},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+        # ours: a tensor weight decay (torch 2.13 takes one), with momentum and a tensor lr
+        {"lr": torch.tensor(0.01), "momentum": 0.5, "weight_decay": torch.tensor(0.1)},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 1e-2, "momentum": -0.5}, ValueError, "Invalid momentum value: -0.5"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"nesterov": True}, ValueError,
+         "Nesterov momentum requires a momentum and zero dampening"),
+        ({"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ValueError,
+         "Nesterov momentum requires a momentum and zero dampening"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+        *_FUSED_FLAG_ERRORS,
+    ],
+)  # fmt: skip
+
+ADAGRAD = OptimEntry(
+    name="Adagrad",
+    configs=[
+        {},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "maximize": True},
+        {"lr": 0.1},
+        {"initial_accumulator_value": 0.1, "weight_decay": 0.1},
+        {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1},
+        {"lr": torch.tensor(0.001)},
+        # ours: lr_decay with a tensor lr (read on the device by fused and compiled)
+        {"lr": torch.tensor(0.1), "lr_decay": 0.5, "maximize": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 1e-2, "lr_decay": -0.5}, ValueError, "Invalid lr_decay value: -0.5"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"initial_accumulator_value": -1.0}, ValueError,
+         "Invalid initial_accumulator_value value: -1.0"),
+        ({"eps": -1e-10}, ValueError, "Invalid epsilon value"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+        *_FUSED_FLAG_ERRORS,
+    ],
+)  # fmt: skip
+
+RMSPROP = OptimEntry(
+    name="RMSprop",
+    configs=[
+        {},
+        {"lr": 1e-3},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"weight_decay": 0.1, "centered": True},
+        {"maximize": True, "weight_decay": 0.1},
+        # torch's CUDA-only ones (ours are capturable on CPU too)
+        {"capturable": True},
+        {"weight_decay": 0.1, "maximize": True, "capturable": True},
+        {"lr": torch.tensor(0.001), "capturable": True},
+        # ours: momentum without centering (the buffer in the grad_avg's place), a tensor lr
+        {"momentum": 0.5, "lr": torch.tensor(0.01)},
+        # torch's last two: second to last is the low-precision tests' widest case
+        {"weight_decay": 0.1, "centered": True, "momentum": 0.1},
+        {"weight_decay": 0.1, "centered": True, "momentum": 0.1, "maximize": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"eps": -1e-8}, ValueError, "Invalid epsilon value"),
+        ({"lr": 1e-2, "momentum": -1.0}, ValueError, "Invalid momentum value: -1.0"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+        ({"alpha": -0.1}, ValueError, "Invalid alpha value: -0.1"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+)  # fmt: skip
+
+TABLE: list[OptimEntry] = [
+    ADAMAX, ADAM, ADAMW, ADADELTA, ASGD, RPROP, NADAM, RADAM, SGD, ADAGRAD, RMSPROP,
+]  # fmt: skip

@@ -103,6 +103,12 @@ def test_capturable_step_replays_in_a_cuda_graph(entry: OptimEntry, backend: str
         a.grad = torch.randn_like(a)
         b.grad = a.grad.clone()
     kwargs = {"lr": torch.tensor(0.01, device="cuda"), "capturable": True, "backend": backend}
+    if "capturable" not in entry.ours([torch.zeros(1)]).defaults:
+        # torch's SGD and Adagrad have no such flag; their fused step (lr and step read on the
+        # device) is capturable all the same, their foreach step is not (it reads lr on the host)
+        if backend != "fused":
+            pytest.skip(f"{entry.name} has no capturable flag")
+        del kwargs["capturable"]
     opt_eager = entry.ours(eager, **kwargs)
     opt_graphed = entry.ours(graphed, **kwargs)
     opt_graphed.step()  # warm-up outside capture: creates state and the launch table

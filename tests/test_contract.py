@@ -101,7 +101,7 @@ def test_named_parameters_and_groups(entry: OptimEntry) -> None:
     model = _model()
     ours = entry.ours(
         [
-            {"params": model[0].parameters(), "lr": 0.0, "backend": "foreach"},
+            {"params": model[0].parameters(), **entry.frozen, "backend": "foreach"},
             {"params": model[2].parameters()},
         ],
         lr=0.01,
@@ -109,7 +109,7 @@ def test_named_parameters_and_groups(entry: OptimEntry) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     _train(model, ours, 2, seed=0)
     after = list(model.parameters())
-    assert all(torch.equal(b, a) for b, a in zip(before[:2], after[:2]))  # lr 0: unchanged
+    assert all(torch.equal(b, a) for b, a in zip(before[:2], after[:2]))  # frozen: unchanged
     assert not any(torch.equal(b, a) for b, a in zip(before[2:], after[2:]))
     assert ours.resolve_backend(ours.param_groups[0], after[:2]) == "foreach"
 
@@ -143,7 +143,14 @@ def test_params_without_grads_are_untouched(entry: OptimEntry) -> None:
     a.grad = torch.ones_like(a)
     ours.step()
     assert torch.equal(b, before)
-    assert b not in ours.state and a in ours.state
+    # which params have a state entry is torch's: usually `a` only, but none at all for SGD
+    # without momentum, and both from construction on for Adagrad
+    a_ref, b_ref = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    theirs = entry.torch_cls([a_ref, b_ref])
+    a_ref.grad = torch.ones_like(a_ref)
+    theirs.step()
+    assert (a in ours.state, b in ours.state) == (a_ref in theirs.state, b_ref in theirs.state)
+    assert set(ours.state_dict()["state"]) == set(theirs.state_dict()["state"])
 
 
 def test_backend_choice() -> None:
@@ -171,7 +178,8 @@ def test_hyperparameter_errors_match_torch(entry: OptimEntry) -> None:
         ({"backend": "turbo"}, ValueError, "backend='turbo' is not a backend"),
         ({"backend": "forloop", "foreach": True}, ValueError, "foreach=True contradicts"),
         ({"backend": "foreach", "fused": True}, ValueError, "fused=True contradicts"),
-        ({"foreach": True, "fused": True}, RuntimeError, "cannot both be True"),
+        # (SGD and Adagrad say it in torch's words: `fused` and `foreach` cannot be `True` together)
+        ({"foreach": True, "fused": True}, RuntimeError, "cannot both be True|cannot be `True`"),
         ({"differentiable": True, "foreach": True}, RuntimeError, "differentiable=True needs"),
         ({"differentiable": True, "backend": "fused"}, RuntimeError, "differentiable=True needs"),
         ({"differentiable": True, "backend": "compiled"}, RuntimeError, "differentiable"),

@@ -23,6 +23,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo(request: pytest.FixtureRequest) -> None:
+    """Each compiled case starts with no graphs. Dynamo's recompile limit counts the graphs of one
+    update function over the whole session, and optimizers sharing one (Adam and AdamW), with
+    many configs times dtypes (each compiles about two graphs here), pass it: the limit is per
+    training setup, not per test session."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "compiled":
+        torch._dynamo.reset()
+
+
 class Problem(nn.Module):
     """A tiny model whose params cover the layouts an optimizer must handle."""
 
@@ -117,7 +128,8 @@ def test_low_precision(entry: OptimEntry, backend: str, config: dict, dtype: tor
     ours_params[-1] = ours_params[-1].t()  # non-contiguous
     fp32_math = backend in ("fused", "compiled")
     ref_dtype = torch.float32 if fp32_math else dtype
-    ref_params = [p.detach().to(ref_dtype) for p in ours_params]
+    # a copy even when ref_dtype is the params' dtype (forloop, foreach): `.to` would alias them
+    ref_params = [p.detach().to(ref_dtype, copy=True) for p in ours_params]
     ours = entry.ours(ours_params, backend=backend, **config)
     foreach = backend == "foreach"
     ref = entry.torch_cls(ref_params, foreach=foreach, **entry.torch_kwargs(config))

@@ -41,6 +41,10 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     elementwise: ClassVar[bool] = True
     # Whether the state has a per-param `step` counter (SGD's does not); its list comes last.
     has_step: ClassVar[bool] = True
+    # State the update creates itself at a param's first step, from that step's data (SGD's
+    # momentum_buffer, a copy of the first gradient): its list keeps a None for each param without
+    # it yet, the update puts the new tensor in that place, and the base class keeps it in state.
+    lazy_state: ClassVar[tuple[str, ...]] = ()
     # Whether the fused backend takes torch.amp.GradScaler's grad_scale / found_inf, as torch's
     # fused Adam, AdamW, SGD and Adagrad do: the kernel unscales the grads and skips the step.
     fused_amp_scaling: ClassVar[bool] = False
@@ -93,7 +97,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
+            if "capturable" in self.defaults:  # SGD and Adagrad have no such flag, as in torch
+                group.setdefault("capturable", False)
             for p in group["params"]:
                 st = self.state.get(p)
                 if st and "step" in st and not torch.is_tensor(st["step"]):
@@ -154,7 +159,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         backend = self.resolve_backend(group, params)
         if backend == "fused":
             _backends.check_fused_device(name, params)
-        device_step = group["capturable"] or backend in DEVICE_STEP_BACKENDS
+        capturable = group.get("capturable", False)
+        device_step = capturable or backend in DEVICE_STEP_BACKENDS
 
         grads = [p.grad for p in params]
         states = [self._state_for(p, group, device_step) for p in params]
@@ -162,7 +168,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         for key in self.state_names:
             values = [st.get(key) for st in states]
             # state a flag turns off (amsgrad=False) is an empty list, not a list of None
-            tensor_lists.append([] if all(v is None for v in values) else values)
+            off = key not in self.lazy_state and all(v is None for v in values)
+            tensor_lists.append([] if off else values)
         if self.elementwise:
             tensor_lists = [[_real_view(t) for t in lst] for lst in tensor_lists]
         if self.has_step:
@@ -171,15 +178,17 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         hyper = self._hyperparameters(group)
         flags = {
             "maximize": group["maximize"],
-            "capturable": group["capturable"],
+            "capturable": capturable,
             "differentiable": group["differentiable"],
         }
         if backend == "forloop":
             self.update_functions["forloop"](*tensor_lists, **hyper, **flags)
+            self._keep_created_state(tensor_lists, range(len(params)), params, states)
             return
         if backend == "compiled":
             update = _backends.compiled(self.update_functions["forloop"])
-            if not isinstance(hyper["lr"], Tensor):
+            # (Rprop's update takes no lr: lr only set its initial step sizes)
+            if "lr" in hyper and not isinstance(hyper["lr"], Tensor):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
             # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element
             # view of the same storage is updated correctly.
@@ -191,8 +200,27 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 for key in ("grad_scale", "found_inf"):
                     if getattr(self, key, None) is not None:
                         hyper[key] = getattr(self, key)
-        for bucket in _backends.group_by_device_and_dtype(tensor_lists):
+        # the params' positions ride along as a last list, to find each bucket's params again
+        positions = list(range(len(params)))
+        for *bucket, indices in _backends.group_by_device_and_dtype([*tensor_lists, positions]):
             update(*bucket, **hyper, **flags)
+            self._keep_created_state(bucket, indices, params, states)
+
+    def _keep_created_state(
+        self,
+        tensor_lists: list[list[Any]],
+        indices: Iterable[int],
+        params: list[Tensor],
+        states: list[dict[str, Tensor]],
+    ) -> None:
+        """Store in each param's state what the update created in the None places of lazy_state
+        lists, shaped like the param again (not the real or 1-element view the update saw)."""
+        for k, key in enumerate(self.state_names):
+            if key not in self.lazy_state:
+                continue
+            for i, created in zip(indices, tensor_lists[2 + k]):
+                if created is not None and states[i].get(key) is None:
+                    states[i][key] = _like_param(created, params[i])
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = self.state[p]
@@ -210,6 +238,12 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
 
 def _real_view(t: Tensor | None) -> Tensor | None:
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def _like_param(t: Tensor, p: Tensor) -> Tensor:
+    if p.is_complex() and not t.is_complex():
+        t = torch.view_as_complex(t)
+    return t if t.shape == p.shape else t.view(p.shape)
 
 
 def _one_dim(t: Tensor | None) -> Tensor | None:

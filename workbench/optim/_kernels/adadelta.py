@@ -1,0 +1,106 @@
+"""Fused Adadelta: one Triton launch per (device, dtype) group, each element moved once."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._multi_tensor import chunk_of_program, launch, role_pointer
+from ._storage import to_storage
+
+
+@triton.jit
+def adadelta_kernel(
+    meta,
+    n_tensors,
+    n_chunks,
+    lr,
+    rho,
+    one_minus_rho,
+    eps,
+    weight_decay,
+    MAXIMIZE: tl.constexpr,
+    LR_IS_TENSOR: tl.constexpr,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # rows of the pointer table: param, grad, square_avg, acc_delta (no scalar roles: the update
+    # does not depend on the step)
+    # fp64 sqrt and division are long routines that keep many registers live: at launch()'s warps
+    # a whole chunk spills, so fp64 chunks are updated in four parts, one after the other.
+    PARTS: tl.constexpr = 4 if tl.float64 == DTYPE else 1
+    PART: tl.constexpr = BLOCK // PARTS
+    t, offsets, _ = chunk_of_program(meta, 4, n_tensors, n_chunks, PART, ALIGNED)
+    numel = tl.load(meta + 4 * n_tensors + t)  # the row after the pointers (see _multi_tensor.py)
+    if ALIGNED:
+        numel = tl.multiple_of(numel, 16)  # as in chunk_of_program: masks uniform per 16
+    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED)
+    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED)
+    square_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED)
+    acc_delta_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED)
+
+    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
+    if tl.float64 == DTYPE:
+        acc = tl.float64
+    else:
+        acc = tl.float32
+    # lr is read on the device, so the launch is the same every step (graph-capturable).
+    if LR_IS_TENSOR:
+        lr_value = tl.load(lr).to(acc)
+    else:
+        lr_value = tl.cast(lr, acc)
+
+    for part in tl.static_range(PARTS):
+        o = offsets + part * PART
+        mask = o < numel
+        param = tl.load(param_ptr + o, mask=mask).to(acc)
+        grad = tl.load(grad_ptr + o, mask=mask).to(acc)
+        square_avg = tl.load(square_avg_ptr + o, mask=mask).to(acc)
+        acc_delta = tl.load(acc_delta_ptr + o, mask=mask).to(acc)
+
+        if MAXIMIZE:
+            grad = -grad
+        grad += weight_decay * param
+        square_avg = square_avg * rho + one_minus_rho * grad * grad
+        # Correctly rounded sqrt and division, as torch computes them: fp32's plain sqrt and `/`
+        # are approximate on a GPU (fp64's are exact, and have no _rn forms).
+        if tl.float64 == DTYPE:
+            delta = tl.sqrt(acc_delta + eps) / tl.sqrt(square_avg + eps) * grad
+        else:
+            delta = tl.div_rn(tl.sqrt_rn(acc_delta + eps), tl.sqrt_rn(square_avg + eps)) * grad
+        acc_delta = acc_delta * rho + one_minus_rho * delta * delta
+        param -= lr_value * delta
+
+        tl.store(param_ptr + o, to_storage(param, DTYPE), mask=mask)
+        tl.store(square_avg_ptr + o, to_storage(square_avg, DTYPE), mask=mask)
+        tl.store(acc_delta_ptr + o, to_storage(acc_delta, DTYPE), mask=mask)
+
+
+def adadelta_fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    acc_deltas: list[Tensor],
+    *,
+    lr: float | Tensor,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """Update all tensors of one (device, dtype) group in one launch."""
+    lr_is_tensor = isinstance(lr, Tensor)
+    if lr_is_tensor and lr.device != params[0].device:
+        lr = lr.to(params[0].device)
+    # 1 - rho is rounded from double once here, not computed in the kernel from a rounded rho.
+    # Floats, always: an int (weight_decay=0) would be typed i32 and compile a second kernel.
+    scalars = [float(x) for x in (rho, 1.0 - rho, eps, weight_decay)]
+    launch(
+        adadelta_kernel,
+        (params, grads, square_avgs, acc_deltas),
+        (),
+        lr if lr_is_tensor else float(lr), *scalars,
+        MAXIMIZE=maximize, LR_IS_TENSOR=lr_is_tensor,
+    )  # fmt: skip

@@ -1,0 +1,93 @@
+"""Fused ASGD: one Triton launch per (device, dtype) group for the param and its average.
+
+eta and mu are per-tensor scalars (scalar roles): every program of a tensor reads them, none
+writes them. The caller replaces them after the launch (see ``_asgd_fused`` in ``asgd.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
+from ._storage import to_storage
+
+
+@triton.jit
+def asgd_kernel(
+    meta,
+    n_tensors,
+    n_chunks,
+    lambd,
+    weight_decay,
+    MAXIMIZE: tl.constexpr,
+    ETA_DTYPE: tl.constexpr,
+    MU_DTYPE: tl.constexpr,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # rows of the pointer table: param, grad, ax, then the scalar roles mu, eta
+    t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK, ALIGNED)
+    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
+    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
+    ax_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
+    mu_ptr = role_pointer(meta, 3, n_tensors, t, MU_DTYPE, False)
+    eta_ptr = role_pointer(meta, 4, n_tensors, t, ETA_DTYPE, False)
+
+    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64 (and widens an fp32 eta).
+    if tl.float64 == DTYPE:
+        acc = tl.float64
+    else:
+        acc = tl.float32
+    eta = tl.load(eta_ptr).to(acc)
+    mu = tl.load(mu_ptr).to(acc)
+    param = tl.load(param_ptr, mask=mask).to(acc)
+    grad = tl.load(grad_ptr, mask=mask).to(acc)
+
+    if MAXIMIZE:
+        grad = -grad
+    grad += weight_decay * param
+    param = param * (1 - lambd * eta) - eta * grad
+
+    if mu == 1:
+        # Before t0 the average is the iterate itself: ax need not be read (a fifth less traffic).
+        ax = param
+    else:
+        ax = tl.load(ax_ptr, mask=mask).to(acc)
+        ax += mu * (param - ax)
+
+    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    tl.store(ax_ptr, to_storage(ax, DTYPE), mask=mask)
+
+
+def asgd_fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    axs: list[Tensor],
+    mus: list[Tensor],
+    etas: list[Tensor],
+    *,
+    lambd: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """Update params and averages of one (device, dtype) group with the current eta and mu."""
+    # eta and mu are float32 (float64 under that default dtype), or the param's dtype after
+    # torch's load_state_dict; their dtypes are compile-time constants, so a group that mixes
+    # them (rare) launches once per combination.
+    by_scalar_dtypes: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    for i, (mu, eta) in enumerate(zip(mus, etas)):
+        by_scalar_dtypes.setdefault((mu.dtype, eta.dtype), []).append(i)
+    # floats, always: an int (weight_decay=0) would be typed i32 and compile a second kernel
+    scalars = [float(lambd), float(weight_decay)]
+    for (mu_dtype, eta_dtype), part in by_scalar_dtypes.items():
+        whole = len(part) == len(params)
+        roles = [lst if whole else [lst[i] for i in part] for lst in (params, grads, axs)]
+        scalar_roles = [lst if whole else [lst[i] for i in part] for lst in (mus, etas)]
+        launch(
+            asgd_kernel, roles, scalar_roles, *scalars,
+            MAXIMIZE=maximize, ETA_DTYPE=TL_DTYPES[eta_dtype], MU_DTYPE=TL_DTYPES[mu_dtype],
+        )  # fmt: skip

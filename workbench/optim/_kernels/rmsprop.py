@@ -1,0 +1,138 @@
+"""Fused RMSprop: one Triton launch per (device, dtype) group, each element read and written once.
+
+The momentum buffer and the gradient average are roles only when their flag is on, so a plain
+RMSprop step moves three tensors in and two out. The step counter is not read: RMSprop has no bias
+correction, and the host increments it.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _precise
+from ._multi_tensor import chunk_of_program, launch, role_pointer
+from ._storage import to_storage
+
+
+@triton.jit
+def rmsprop_kernel(
+    meta,
+    n_tensors,
+    n_chunks,
+    lr,
+    lr_lo,
+    alpha,
+    alpha_lo,
+    one_minus_alpha,
+    one_minus_alpha_lo,
+    eps,
+    eps_lo,
+    weight_decay,
+    weight_decay_lo,
+    momentum,
+    momentum_lo,
+    MAXIMIZE: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr,
+    CENTERED: tl.constexpr,
+    LR_IS_TENSOR: tl.constexpr,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # roles: param, grad, square_avg, then momentum_buffer (with momentum), grad_avg (centered)
+    if HAS_MOMENTUM:
+        buf_role = 3
+        grad_avg_role = 4
+    else:
+        grad_avg_role = 3
+    if CENTERED:
+        n_roles = grad_avg_role + 1
+    else:
+        n_roles = grad_avg_role
+    t, offsets, mask = chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK, ALIGNED)
+    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
+    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
+    square_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
+
+    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
+    if tl.float64 == DTYPE:
+        acc = tl.float64
+    else:
+        acc = tl.float32
+    param = tl.load(param_ptr, mask=mask).to(acc)
+    grad = tl.load(grad_ptr, mask=mask).to(acc)
+    square_avg = tl.load(square_avg_ptr, mask=mask).to(acc)
+    # hyperparameters come as fp32 pairs (see _precise.split): fp64 math uses both halves
+    alpha = _precise.widen(alpha, alpha_lo, DTYPE)
+    one_minus_alpha = _precise.widen(one_minus_alpha, one_minus_alpha_lo, DTYPE)
+    eps = _precise.widen(eps, eps_lo, DTYPE)
+    weight_decay = _precise.widen(weight_decay, weight_decay_lo, DTYPE)
+    momentum = _precise.widen(momentum, momentum_lo, DTYPE)
+
+    if MAXIMIZE:
+        grad = -grad
+    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
+        grad += weight_decay * param
+    square_avg = alpha * square_avg + one_minus_alpha * grad * grad
+    if CENTERED:
+        grad_avg_ptr = role_pointer(meta, grad_avg_role, n_tensors, t, DTYPE, ALIGNED) + offsets
+        grad_avg = tl.load(grad_avg_ptr, mask=mask).to(acc)
+        grad_avg += one_minus_alpha * (grad - grad_avg)
+        tl.store(grad_avg_ptr, to_storage(grad_avg, DTYPE), mask=mask)
+        denominator = _precise.sqrt(square_avg - grad_avg * grad_avg, DTYPE) + eps
+    else:
+        denominator = _precise.sqrt(square_avg, DTYPE) + eps
+    tl.store(square_avg_ptr, to_storage(square_avg, DTYPE), mask=mask)
+
+    # lr is read on the device, so the launch is the same every step (graph-capturable).
+    if LR_IS_TENSOR:
+        lr_value = tl.load(lr).to(acc)
+    else:
+        lr_value = _precise.widen(lr, lr_lo, DTYPE)
+    if HAS_MOMENTUM:
+        buf_ptr = role_pointer(meta, buf_role, n_tensors, t, DTYPE, ALIGNED) + offsets
+        buf = tl.load(buf_ptr, mask=mask).to(acc)
+        buf = momentum * buf + _precise.div(grad, denominator, DTYPE)
+        tl.store(buf_ptr, to_storage(buf, DTYPE), mask=mask)
+        param -= lr_value * buf
+    else:
+        param -= lr_value * _precise.div(grad, denominator, DTYPE)
+    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+
+
+def rmsprop_fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    grad_avgs: list[Tensor] | None,
+    *,
+    lr: float | Tensor,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    maximize: bool,
+) -> None:
+    """Update all tensors of one (device, dtype) group in one launch. momentum_buffers is None
+    without momentum, grad_avgs None when not centered."""
+    lr_is_tensor = isinstance(lr, Tensor)
+    if lr_is_tensor and lr.device != params[0].device:
+        lr = lr.to(params[0].device)
+    roles = [params, grads, square_avgs]
+    roles += [r for r in (momentum_buffers, grad_avgs) if r is not None]
+    # floats, always (an int weight_decay=0 would be typed i32 and compile a second kernel).
+    # 1 - alpha is taken here, in double: from alpha rounded to fp32 it would be 1e-6 off.
+    lr_pair = (lr, 0.0) if lr_is_tensor else _precise.split(float(lr))
+    hyper = (alpha, 1 - alpha, eps, weight_decay, momentum)
+    scalars = [half for x in hyper for half in _precise.split(float(x))]
+    launch(
+        rmsprop_kernel,
+        roles,
+        (),
+        *lr_pair, *scalars,
+        MAXIMIZE=maximize, HAS_MOMENTUM=momentum_buffers is not None,
+        CENTERED=grad_avgs is not None, LR_IS_TENSOR=lr_is_tensor,
+    )  # fmt: skip

@@ -1,0 +1,90 @@
+"""Fused Rprop: one Triton launch per (device, dtype) group, each element read and written once."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._multi_tensor import chunk_of_program, launch, role_pointer
+from ._storage import to_storage
+
+
+@triton.jit
+def rprop_kernel(
+    meta,
+    n_tensors,
+    n_chunks,
+    etaminus,
+    etaplus,
+    step_size_min,
+    step_size_max,
+    MAXIMIZE: tl.constexpr,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # rows of the pointer table: param, grad, prev, step_size (no scalar roles: the update does
+    # not depend on the step)
+    t, offsets, mask = chunk_of_program(meta, 4, n_tensors, n_chunks, BLOCK, ALIGNED)
+    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
+    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
+    prev_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
+    step_size_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED) + offsets
+
+    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
+    if tl.float64 == DTYPE:
+        acc = tl.float64
+    else:
+        acc = tl.float32
+    param = tl.load(param_ptr, mask=mask).to(acc)
+    grad = tl.load(grad_ptr, mask=mask).to(acc)
+    prev = tl.load(prev_ptr, mask=mask).to(acc)
+    step_size = tl.load(step_size_ptr, mask=mask).to(acc)
+
+    if MAXIMIZE:
+        grad = -grad
+    # The product, not the two signs: where it underflows to 0 the step size stays, as in torch.
+    product = grad * prev
+    # neither > 0 nor < 0: 0 or NaN, and product + 1 is 1 or NaN (NaN poisons the step size, as
+    # in torch.optim)
+    factor = tl.where(product > 0, etaplus, tl.where(product < 0, etaminus, product + 1))
+    step_size = step_size * factor
+    step_size = tl.minimum(
+        tl.maximum(step_size, step_size_min, propagate_nan=tl.PropagateNan.ALL),
+        step_size_max,
+        propagate_nan=tl.PropagateNan.ALL,
+    )
+    # where the sign flipped, the coordinate stays and the gradient is forgotten
+    grad = tl.where(product < 0, 0.0, grad)
+    # sign(grad); NaN stays NaN
+    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, grad * 0))
+    param -= sign * step_size
+
+    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    tl.store(prev_ptr, to_storage(grad, DTYPE), mask=mask)
+    tl.store(step_size_ptr, to_storage(step_size, DTYPE), mask=mask)
+
+
+def rprop_fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    prevs: list[Tensor],
+    step_sizes: list[Tensor],
+    *,
+    etaminus: float,
+    etaplus: float,
+    step_size_min: float,
+    step_size_max: float,
+    maximize: bool,
+) -> None:
+    """Update all tensors of one (device, dtype) group in one launch."""
+    # floats, always: an int (step_sizes=(1e-6, 50)) would be typed i32 and compile another kernel
+    scalars = [float(x) for x in (etaminus, etaplus, step_size_min, step_size_max)]
+    launch(
+        rprop_kernel,
+        (params, grads, prevs, step_sizes),
+        (),
+        *scalars,
+        MAXIMIZE=maximize,
+    )  # fmt: skip
