@@ -24,12 +24,13 @@ class Case:
     optimizer: str  # torch.optim class name, e.g. "Adamax"
     implementation: str  # "workbench" | "torch" | "heavyball" | "pytorch_optimizer" | "mod:factory"
     backend: str  # workbench/torch: a name from workbench.optim.BACKENDS; peers: "default"
-    size: str  # size profile as written in the suite, e.g. "100x100k", "gpt2-small"
+    size: str  # size profile as written in the suite, e.g. "100x100k"; convergence: the problem
     shapes: tuple[tuple[int, ...], ...]  # the parameter shapes of that profile
     dtype: str  # "float32" | "bfloat16" | "float16" | "float64"
     device: str  # "cpu" | "cuda"
     flags: tuple[tuple[str, Any], ...]  # optimizer kwargs, sorted by key; lists made tuples
     repeat: int  # 0 .. repeats - 1
+    problem: str | None = None  # convergence cases: a name in workbench.problems.PROBLEMS
 
     @property
     def case_id(self) -> str:
@@ -39,21 +40,20 @@ class Case:
         no ``hash()`` (salted per process), no object ids. The shapes are part of it, so a
         resumed run whose size profile changed in between measures the case again.
         """
-        canonical = json.dumps(
-            {
-                "optimizer": self.optimizer,
-                "implementation": self.implementation,
-                "backend": self.backend,
-                "size": self.size,
-                "shapes": self.shapes,
-                "dtype": self.dtype,
-                "device": self.device,
-                "flags": self.flags,
-                "repeat": self.repeat,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        axes: dict[str, Any] = {
+            "optimizer": self.optimizer,
+            "implementation": self.implementation,
+            "backend": self.backend,
+            "size": self.size,
+            "shapes": self.shapes,
+            "dtype": self.dtype,
+            "device": self.device,
+            "flags": self.flags,
+            "repeat": self.repeat,
+        }
+        if self.problem is not None:  # only when set: latency cases keep the ids they had
+            axes["problem"] = self.problem
+        canonical = json.dumps(axes, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -85,6 +85,8 @@ class Case:
             "n_tensors": self.n_tensors,
             "numel": self.numel,
         }
+        if self.problem is not None:
+            row["problem"] = self.problem
         for key, value in self.flags:
             row[f"flag_{key}"] = str(value) if isinstance(value, tuple) else value
         return row

@@ -128,9 +128,16 @@ def run_cases(
     cases: Iterable[Case],
     on_case_done: Callable[[Case, dict[str, Any]], None] = lambda case, row: None,
 ) -> None:
-    """Run the cases the store does not hold yet, appending one row per case as it finishes."""
+    """Run the cases the store does not hold yet, appending one row per case as it finishes.
+
+    The suite's kind says what a case measures: step latency (run_case) or convergence on a test
+    problem (run_convergence_case, whose reference runs are shared by the cases of one run).
+    """
+    from .convergence import ReferenceCache, run_convergence_case  # it imports CaseFailure
+
     done = store.done_case_ids()
     probes: dict[str, float | None] = dict(store.manifest.get("stream_bandwidth", {}))
+    references = ReferenceCache()
     for case in cases:
         if case.case_id in done:
             continue
@@ -140,8 +147,13 @@ def run_cases(
                 probes[case.device] = _probe(case.device)
                 store.manifest["stream_bandwidth"] = probes
                 store.write_manifest()
-            row.update(run_case(case, suite, probes.get(case.device)))
-            row["status"], row["error"] = "ok", None
+            if suite.kind == "convergence":
+                row.update(run_convergence_case(case, suite, references))
+            else:
+                row.update(run_case(case, suite, probes.get(case.device)))
+            # a diverged convergence case returns its status, to keep its curve in the row
+            row.setdefault("status", "ok")
+            row.setdefault("error", None)
         except (CaseFailure, ImplementationError) as e:
             row["status"], row["error"] = e.status, str(e)
         except torch.OutOfMemoryError as e:

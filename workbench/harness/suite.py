@@ -5,13 +5,15 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     [suite]
     name = "quick"                      # [the file's stem]
     description = "what it is for"      # [""]
+    kind = "latency"                    # ["latency"]; or "convergence": steps on test problems
 
     [axes]                              # every axis is a list of distinct values
     optimizers = ["Adamax"]             # required; names in workbench.optim.OPTIMIZERS
     implementations = ["workbench", "torch"]   # [these two]; also "heavyball",
                                         #   "pytorch_optimizer", or "package.module:factory"
     backends = ["forloop", "foreach", "fused", "compiled"]  # [all of workbench.optim.BACKENDS]
-    sizes = ["100x100k", "gpt2-small"]  # required; see workbench.harness.shapes
+    sizes = ["100x100k", "gpt2-small"]  # required (latency only); see workbench.harness.shapes
+    problems = ["quadratic"]            # required (convergence only); workbench.problems.PROBLEMS
     dtypes = ["float32"]                # [float32]; float32 | bfloat16 | float16 | float64
     devices = ["cpu"]                   # [cpu]; cpu | cuda (cuda without a GPU: error rows later)
     repeats = 1                         # [1]; each case is measured this many times
@@ -37,6 +39,14 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     memory = true                       # [true] peak memory of a step, exact state bytes
     launches = true                     # [true] kernel launches per step (torch.profiler)
     bandwidth_probe = true              # [true] streaming-bandwidth probe to compare against
+
+    [convergence]                       # convergence suites only ([timing] and [measure] are
+    steps = 200                         #   latency's); [200] optimizer steps per case
+    seed = 0                            # [0] seed of the problems' starting params
+
+A convergence suite has ``problems`` in place of ``sizes`` (each problem makes its own params;
+its name is the case's ``size`` too); learning rates and other hyperparameters are flags as in any
+suite, and ``[[exclude]]`` rules may name a ``problem``.
 
 Backends per implementation: the workbench gets the listed backends its optimizer class
 implements; torch gets forloop and foreach, plus fused where torch.optim.<name> has a ``fused``
@@ -66,6 +76,7 @@ import torch
 from workbench.harness.cases import PEER_BACKEND, Case
 from workbench.harness.shapes import profile_shapes
 from workbench.optim import BACKENDS, OPTIMIZERS
+from workbench.problems import PROBLEMS
 
 try:
     import tomllib
@@ -76,7 +87,11 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 DEVICES = ("cpu", "cuda")
 NAMED_IMPLEMENTATIONS = ("workbench", "torch", "heavyball", "pytorch_optimizer")
 TORCH_BACKENDS = ("forloop", "foreach", "fused")
-AXES = ("optimizer", "implementation", "backend", "size", "dtype", "device", "repeat")
+AXES = ("optimizer", "implementation", "backend", "size", "dtype", "device", "repeat", "problem")
+KINDS = ("latency", "convergence")
+# The axis that makes the params, and the tables that apply, per kind of suite.
+_KIND_AXIS = {"latency": "sizes", "convergence": "problems"}
+_KIND_TABLES = {"latency": ("timing", "measure"), "convergence": ("convergence",)}
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _BARE_WORD = re.compile(r"^[\w.:+\-]+$")
@@ -92,12 +107,17 @@ _RESERVED_FLAGS = {
 # table -> key -> (expected type, default); [flags] and [[exclude]] are free-form.
 _LIST = "a list of strings"
 _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "suite": {"name": ("a string", None), "description": ("a string", "")},
+    "suite": {
+        "name": ("a string", None),
+        "description": ("a string", ""),
+        "kind": ("a string", "latency"),
+    },
     "axes": {
         "optimizers": (_LIST, None),
         "implementations": (_LIST, ["workbench", "torch"]),
         "backends": (_LIST, list(BACKENDS)),
         "sizes": (_LIST, None),
+        "problems": (_LIST, None),
         "dtypes": (_LIST, ["float32"]),
         "devices": (_LIST, ["cpu"]),
         "repeats": ("an integer", 1),
@@ -113,6 +133,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "launches": ("a boolean", True),
         "bandwidth_probe": ("a boolean", True),
     },
+    "convergence": {"steps": ("an integer", 200), "seed": ("an integer", 0)},
 }
 _TABLES = (*_SCHEMA, "flags", "exclude")
 
@@ -143,6 +164,12 @@ class MeasureSettings:
     bandwidth_probe: bool = True
 
 
+@dataclass(frozen=True)
+class ConvergenceSettings:
+    steps: int = 200
+    seed: int = 0
+
+
 @dataclass(frozen=True, eq=False)
 class Suite:
     name: str
@@ -152,6 +179,8 @@ class Suite:
     measure: MeasureSettings
     overrides: tuple[str, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, repr=False)  # the TOML after --set
+    kind: str = "latency"  # one of KINDS: what run_cases measures per case
+    convergence: ConvergenceSettings = field(default_factory=ConvergenceSettings)
     _cases: tuple[Case, ...] = field(default=(), repr=False)
 
     def cases(self) -> list[Case]:
@@ -171,9 +200,11 @@ class Suite:
             "name": self.name,
             "description": self.description,
             "path": str(self.path),
+            "kind": self.kind,
             "overrides": list(self.overrides),
             "timing": asdict(self.timing),
             "measure": asdict(self.measure),
+            "convergence": asdict(self.convergence) if self.kind == "convergence" else None,
             "n_cases": len(self._cases),
             "document": self.document,
         }
@@ -316,23 +347,49 @@ class _Loader:
                 shape = "an array of tables [[exclude]]" if expected is list else f"a [{table}]"
                 raise self.error(table, f"expected {shape}, got {_type_name(value)}")
         s = {table: self.table(document, table) for table in _SCHEMA}
+        kind = self.check_kind(document, s["suite"]["kind"])
         axes = s["axes"]
-        self.check_axes(axes)
+        self.check_axes(axes, kind)
         flags = self.check_flags(document.get("flags", {}), axes["optimizers"])
         rules = self.check_excludes(document.get("exclude", []), flags)
         timing = TimingSettings(**s["timing"])
         self.check_timing(timing)
+        convergence = ConvergenceSettings(**s["convergence"])
+        self.check_convergence(convergence)
         cases = self.expand(axes, flags, rules)
+        measure = MeasureSettings(**s["measure"])
+        if kind == "convergence":  # it times whole steps itself; latency's probes do not apply
+            measure = MeasureSettings(memory=False, launches=False, bandwidth_probe=False)
         return Suite(
             name=s["suite"]["name"] or self.path.stem,
             description=s["suite"]["description"],
             path=self.path,
             timing=timing,
-            measure=MeasureSettings(**s["measure"]),
+            measure=measure,
             overrides=overrides,
             document=document,
             _cases=tuple(cases),
+            kind=kind,
+            convergence=convergence,
         )
+
+    def check_kind(self, document: dict[str, Any], kind: str) -> str:
+        if kind not in KINDS:
+            hint = _did_you_mean(kind, KINDS)
+            raise self.error("suite.kind", f"unknown kind {kind!r}{hint}; known: {list(KINDS)}")
+        axes = document.get("axes", {})
+        for other, axis in _KIND_AXIS.items():
+            if other != kind and axis in axes:
+                raise self.error(f"axes.{axis}", _other_kind(other, kind))
+        if _KIND_AXIS[kind] not in axes:
+            raise self.error(f"axes.{_KIND_AXIS[kind]}", f"required in a {kind} suite, and missing")
+        for other, tables in _KIND_TABLES.items():
+            for table in tables:
+                if other != kind and table in document:
+                    # named down to its first key, so that a --set of it is named as the cause
+                    key = ".".join([table, *list(document[table])[:1]])
+                    raise self.error(key, _other_kind(other, kind))
+        return kind
 
     def table(self, document: dict[str, Any], table: str) -> dict[str, Any]:
         """The keys of one fixed-schema table, type-checked, with defaults filled in."""
@@ -344,7 +401,7 @@ class _Loader:
         out = {}
         for key, (expected, default) in _SCHEMA[table].items():
             if key not in given:
-                if default is None and table == "axes":
+                if default is None and table == "axes" and key not in _KIND_AXIS.values():
                     raise self.error(f"{table}.{key}", "required, and missing")
                 out[key] = default
                 continue
@@ -361,14 +418,16 @@ class _Loader:
             out[key] = float(value) if expected == "a number" else value
         return out
 
-    def check_axes(self, axes: dict[str, Any]) -> None:
+    def check_axes(self, axes: dict[str, Any], kind: str = "latency") -> None:
         vocabularies = {
             "optimizers": ("optimizer", list(OPTIMIZERS)),
+            "problems": ("problem", list(PROBLEMS)),
             "backends": ("backend", list(BACKENDS)),
             "dtypes": ("dtype", list(DTYPES)),
             "devices": ("device", list(DEVICES)),
         }
-        for key in ("optimizers", "implementations", "backends", "sizes", "dtypes", "devices"):
+        params_axis = _KIND_AXIS[kind]
+        for key in ("optimizers", "implementations", "backends", params_axis, "dtypes", "devices"):
             values = axes[key]
             if not values:
                 raise self.error(f"axes.{key}", "must list at least one value")
@@ -523,6 +582,7 @@ class _Loader:
             "backend": [*BACKENDS, PEER_BACKEND],
             "dtype": list(DTYPES),
             "device": list(DEVICES),
+            "problem": list(PROBLEMS),
         }
         if axis in vocabulary and value not in vocabulary[axis]:
             hint = _did_you_mean(value, vocabulary[axis])
@@ -531,6 +591,12 @@ class _Loader:
             self.check_implementation(where, value)
         if axis == "size":
             self.check_size(where, value)
+
+    def check_convergence(self, convergence: ConvergenceSettings) -> None:
+        if convergence.steps < 1:
+            raise self.error("convergence.steps", f"must be >= 1, got {convergence.steps}")
+        if convergence.seed < 0:
+            raise self.error("convergence.seed", f"must be >= 0, got {convergence.seed}")
 
     def check_timing(self, timing: TimingSettings) -> None:
         if timing.warmup_s < 0:
@@ -552,12 +618,14 @@ class _Loader:
         rules: list[dict[str, Any]],
     ) -> list[Case]:
         cases, before = [], 0
+        # A convergence case's params come from its problem, whose name stands as its size.
+        problems = axes["problems"] or []
         for repeat, optimizer, device, dtype, size in itertools.product(
             range(axes["repeats"]),
             axes["optimizers"],
             axes["devices"],
             axes["dtypes"],
-            axes["sizes"],
+            problems or axes["sizes"],
         ):
             for combo in _combinations(flags[optimizer]):
                 for implementation in axes["implementations"]:
@@ -572,11 +640,12 @@ class _Loader:
                             implementation=implementation,
                             backend=backend,
                             size=size,
-                            shapes=profile_shapes(size),
+                            shapes=PROBLEMS[size].shapes if problems else profile_shapes(size),
                             dtype=dtype,
                             device=device,
                             flags=combo,
                             repeat=repeat,
+                            problem=size if problems else None,
                         )
                         before += 1
                         if not any(_matches(case, rule) for rule in rules):
@@ -589,6 +658,10 @@ class _Loader:
                 f"no implementation in {axes['implementations']} offers any of {axes['backends']}",
             )
         return cases
+
+
+def _other_kind(other: str, kind: str) -> str:
+    return f'applies to {other} suites ([suite] kind = "{other}"), and this one is {kind}'
 
 
 def _combinations(matrix: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:

@@ -1,0 +1,237 @@
+"""Convergence cases: step an optimizer on a test problem and record how the loss falls.
+
+Per case the problem's params are made from the suite's seed, the implementation builds its
+optimizer, and ``steps`` full steps run (loss, backward, optimizer step). Every per-step list is
+indexed by the number of steps taken: entry 0 is the start, entry k the point after k steps, so a
+finished case has ``steps + 1`` entries and one cut short by divergence fewer.
+
+Every case is also compared with a reference run: torch.optim's class of that name, per-tensor
+(``foreach=False``), with the same flags, seed, dtype and device (the workbench's forloop backend
+for an optimizer torch.optim lacks). ``distance_curve`` is the relative distance between the two
+param vectors after each step and ``distance_to_reference`` its largest value: a correct backend
+shows rounding (0 or ~1e-8 per step in float32, which some dynamics amplify: torch's own foreach
+NAdam ends 5e-4 from its forloop on the quadratic), a peer with other defaults or a wrong formula
+shows a real difference from the first step on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from workbench.problems import PROBLEMS, Problem
+
+from .cases import Case
+from .implementations import make_optimizer
+from .runner import CaseFailure
+from .suite import Suite
+
+# Added to the reference's norm so that a reference at the origin (Rastrigin's optimum) does not
+# divide by zero; far below any float32 rounding of a param vector of norm ~1.
+_EPS = 1e-12
+
+
+@dataclass
+class Steps:
+    """What one run of an optimizer on a problem went through."""
+
+    losses: list[float]  # loss after k steps, k = 0, 1, ...
+    times_s: list[float]  # seconds spent in the first k steps (forward, backward, step)
+    points: Tensor  # [len(losses), numel]: the params after k steps, flattened, on the CPU
+    diverged_step: int | None  # the first k whose loss or params are not finite
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flat(params: Sequence[Tensor]) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params]).cpu()
+
+
+def run_steps(
+    problem: Problem,
+    make: Callable[[list[Tensor]], torch.optim.Optimizer],
+    steps: int,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Steps:
+    """Take `steps` optimizer steps on `problem`, stopping at the first non-finite loss or param."""
+    params = problem.make_params(seed, dtype, device)
+    optimizer = make(params)
+    losses: list[float] = []
+    times = [0.0]
+    points: list[Tensor] = []
+    diverged = None
+    for k in range(steps + 1):
+        points.append(_flat(params))  # outside the timed region: recording is not the work
+        last = k == steps
+        start = time.perf_counter()
+        with torch.set_grad_enabled(not last):
+            loss = problem.loss(params)
+        if not last:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        losses.append(float(loss.detach()))
+        if not (math.isfinite(losses[-1]) and bool(torch.isfinite(points[-1]).all())):
+            diverged = k
+            break
+        if not last:
+            times.append(times[-1] + elapsed)
+    return Steps(losses, times, torch.stack(points), diverged)
+
+
+def relative_distances(points: Tensor, reference: Tensor) -> list[float]:
+    """||x_k - r_k|| / (||r_k|| + eps) for each step k where both runs are finite.
+
+    Both runs stop at their first non-finite point, so the finite steps are a common prefix.
+    """
+    n = min(len(points), len(reference))
+    x, r = points[:n].double(), reference[:n].double()
+    finite = torch.isfinite(x).all(1) & torch.isfinite(r).all(1)
+    n = int(finite.long().cumprod(0).sum())
+    distance = torch.linalg.vector_norm(x[:n] - r[:n], dim=1)
+    return (distance / (torch.linalg.vector_norm(r[:n], dim=1) + _EPS)).tolist()
+
+
+def reference_case(case: Case) -> Case:
+    """The case whose run every other implementation of `case` is measured against."""
+    if hasattr(torch.optim, case.optimizer):
+        return dataclasses.replace(case, implementation="torch", backend="forloop")
+    return dataclasses.replace(case, implementation="workbench", backend="forloop")
+
+
+def reference_label(case: Case) -> str:
+    ref = reference_case(case)
+    if ref.implementation == "torch":
+        return f"torch.optim.{case.optimizer}(foreach=False)"
+    return f"workbench.optim.{case.optimizer}(backend='forloop')"
+
+
+class ReferenceCache:
+    """Reference runs of one sweep, the most recent few kept.
+
+    The suite orders implementations and backends innermost, so the cases sharing a reference run
+    back to back and a handful of entries is enough; more would hold every trajectory of a long
+    sweep in memory.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self.max_entries = max_entries
+        self._runs: OrderedDict[Hashable, Steps] = OrderedDict()
+
+    def get(self, key: Hashable, compute: Callable[[], Steps]) -> Steps:
+        if key in self._runs:
+            self._runs.move_to_end(key)
+            return self._runs[key]
+        run = self._runs[key] = compute()
+        while len(self._runs) > self.max_entries:
+            self._runs.popitem(last=False)
+        return run
+
+    def put(self, key: Hashable, run: Steps) -> None:
+        self.get(key, lambda: run)
+
+
+def run_convergence_case(
+    case: Case, suite: Suite, references: ReferenceCache | None = None
+) -> dict[str, Any]:
+    """Run one convergence case; the row's fields (status "diverged" with the step, not raised,
+    so that the curve up to the blow-up is kept)."""
+    device = torch.device(case.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CaseFailure("skipped", "CUDA is not available on this machine")
+    if case.problem is None:
+        raise CaseFailure("error", "a convergence case needs a problem")
+    problem = PROBLEMS[case.problem]
+    settings = suite.convergence
+    dtype = getattr(torch, case.dtype)
+
+    def run(c: Case) -> Steps:
+        return run_steps(
+            problem,
+            lambda params: make_optimizer(c, params),
+            settings.steps,
+            seed=settings.seed,
+            dtype=dtype,
+            device=device,
+        )
+
+    references = references or ReferenceCache(max_entries=1)
+    ref_case = reference_case(case)
+    # Everything the reference run depends on: its axes but the repeat, and the settings.
+    key = (dataclasses.replace(ref_case, repeat=0), settings.steps, settings.seed)
+    steps = run(case)
+    if (case.implementation, case.backend) == (ref_case.implementation, ref_case.backend):
+        references.put(key, steps)  # this case is its own reference: no second run
+    reference = references.get(key, lambda: run(ref_case))
+    return _row(problem, settings.steps, settings.seed, steps, reference, reference_label(case))
+
+
+def _row(
+    problem: Problem, n_steps: int, seed: int, steps: Steps, reference: Steps, label: str
+) -> dict[str, Any]:
+    finite = [v for v in steps.losses if math.isfinite(v)]
+    distances = relative_distances(steps.points, reference.points)
+    hit = next((k for k, v in enumerate(steps.losses) if v <= problem.target_loss), None)
+    row: dict[str, Any] = {
+        "steps": n_steps,
+        "seed": seed,
+        "loss_curve": steps.losses,
+        "loss_time_s": steps.times_s,
+        "final_loss": steps.losses[-1],
+        "best_loss": min(finite) if finite else math.nan,
+        "target_loss": problem.target_loss,
+        "optimum_loss": problem.optimum_loss,
+        "steps_to_target": hit,
+        "time_to_target_s": steps.times_s[hit] if hit is not None else None,
+        "first_step_s": steps.times_s[1] if len(steps.times_s) > 1 else None,
+        "total_time_s": steps.times_s[-1],
+        "diverged_step": steps.diverged_step,
+        "trajectory": steps.points.double().tolist() if problem.is_2d else None,
+        "reference": label,
+        # Per step, since the dynamics amplify differences: rounding shows as ~1e-8 after one
+        # step and may grow (adaptive methods near a minimum follow gradient signs), a wrong
+        # formula is large from the first step on.
+        "distance_curve": distances,
+        "distance_to_reference": max(distances) if distances else None,
+    }
+    if steps.diverged_step is not None:
+        row["status"] = "diverged"
+        row["error"] = f"loss or params not finite after {steps.diverged_step} steps"
+    return row
+
+
+def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per convergence case with the figures a reader looks at first."""
+    cols = {
+        "optimizer": "optimizer",
+        "implementation": "impl",
+        "backend": "backend",
+        "problem": "problem",
+        "dtype": "dtype",
+        "device": "device",
+        "final_loss": "final loss",
+        "best_loss": "best loss",
+        "steps_to_target": "steps to target",
+        "time_to_target_s": "s to target",
+        "total_time_s": "total s",
+        "distance_to_reference": "vs reference",
+        "status": "status",
+    }
+    return df[[c for c in cols if c in df.columns]].rename(columns=cols)
