@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 # The axes that define "the same problem": rows that agree on them are comparable side by side.
-_PROBLEM_AXES = ("optimizer", "size", "dtype", "device", "repeat")
+_PROBLEM_AXES = ("optimizer", "size", "problem", "dtype", "device", "repeat")
 
 
 def problem_columns(df: pd.DataFrame) -> list[str]:
