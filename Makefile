@@ -12,8 +12,22 @@ PY := $(VENV)/bin/python
 SUITE ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
+# `make regress`: the step benchmarks (benchmarks/, pytest-benchmark) against the newest baseline in
+# REGRESS_STORAGE/<pytest-benchmark's machine id: OS and Python>; the first run there saves that
+# baseline instead. Baselines hold absolute times: they mean something only on the machine that
+# saved them.
+REGRESS_STORAGE ?= results/baselines
+REGRESS_TESTS ?= benchmarks
+REGRESS_FAIL ?= median:25%
+REGRESS_ARGS ?= --benchmark-max-time=0.2 --benchmark-min-rounds=10 \
+	--benchmark-columns=min,median,iqr,rounds --benchmark-sort=name
+# not exported to the benchmarks unless set: they default to forloop,foreach,fused
+REGRESS_BACKENDS ?=
+REGRESS_PYTEST = $(if $(REGRESS_BACKENDS),REGRESS_BACKENDS=$(REGRESS_BACKENDS)) \
+	$(PY) -m pytest $(REGRESS_TESTS) -p no:cacheprovider -q \
+	--benchmark-storage=$(REGRESS_STORAGE) $(REGRESS_ARGS)
 
-.PHONY: install bench test test-all lint format clean
+.PHONY: install bench convergence test test-all lint format clean regress regress-baseline report
 
 install: $(VENV)/.installed
 
@@ -36,15 +50,41 @@ bench: install
 	echo "workbench run $$suite"; \
 	$(PY) -m workbench.cli run "$$suite" $(BENCH_ARGS)
 
+# every optimizer on the test problems of workbench/problems (CPU, a few minutes): loss curves,
+# steps to target, distance from torch.optim's trajectory
+convergence: install
+	$(PY) -m workbench.cli run suites/convergence.toml $(BENCH_ARGS)
+
+# RUN/report.html and RUN/figures/ for RUN=results/<run>, by default the newest run there
+RUN ?=
+report: install
+	@run="$(RUN)"; \
+	if [ -z "$$run" ]; then run=$$(ls -t results/*/manifest.json 2>/dev/null | head -1); fi; \
+	if [ -z "$$run" ]; then echo "make report: no run under results/ (make bench first)"; exit 2; fi; \
+	$(PY) -m workbench.cli report "$${run%/manifest.json}"
+
 test: install
 	$(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
+regress: install
+	@machine=$$($(PY) -c "from pytest_benchmark.utils import get_machine_id; print(get_machine_id())"); \
+	if ls $(REGRESS_STORAGE)/$$machine/[0-9][0-9][0-9][0-9]_*.json >/dev/null 2>&1; then \
+		echo "make regress: comparing with the newest baseline in $(REGRESS_STORAGE)/$$machine"; \
+		$(REGRESS_PYTEST) --benchmark-compare --benchmark-compare-fail=$(REGRESS_FAIL); \
+	else \
+		echo "make regress: no baseline in $(REGRESS_STORAGE)/$$machine yet: this run becomes it"; \
+		$(REGRESS_PYTEST) --benchmark-autosave; \
+	fi
+
+regress-baseline: install
+	$(REGRESS_PYTEST) --benchmark-autosave
+
 lint: install
-	$(PY) -m ruff check workbench tests
-	$(PY) -m ruff format --check workbench tests
+	$(PY) -m ruff check workbench tests benchmarks notebooks
+	$(PY) -m ruff format --check workbench tests benchmarks
 
 format: install
 	$(PY) -m ruff format workbench tests

@@ -1,7 +1,8 @@
-"""`workbench run | list | show | profile`: the harness from the command line.
+"""`workbench run | list | show | compare | plot | report | profile`: the harness, command line.
 
 Exit codes: 0 done, 1 a run finished with failed cases is still 0 (failures are rows), 2 bad input
 (a suite, an override or a run directory that cannot be used), 130 interrupted (rows kept).
+`compare` exits 1 when it finds at least one regression.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from workbench.results.compare import cmd_compare
 from workbench.results.store import SUITE_COPY, RunStore, RunStoreError, load
 from workbench.results.summary import summary_table
 
@@ -88,7 +90,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_summary(df: pd.DataFrame) -> None:
-    table = summary_table(df)
+    if "loss_curve" in df:  # a convergence run: losses and distances, not latencies
+        from workbench.harness.convergence import convergence_table
+
+        table = convergence_table(df)
+    else:
+        table = summary_table(df)
     out = Table(show_lines=False)
     for c in table.columns:
         out.add_column(c, justify="right" if table[c].dtype.kind in "fi" else "left")
@@ -137,6 +144,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from workbench.plots import render_run  # matplotlib: loaded only for these two commands
+
+    rendered = render_run(args.run)
+    for path in rendered.paths():
+        console.print(str(path), highlight=False)
+    for name, reason in rendered.skipped.items():
+        console.print(f"[dim]skipped {name}: {reason}", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from workbench.plots import write_report
+
+    console.print(f"report: {write_report(args.run)}", highlight=False)
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
@@ -174,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="summary table of a run")
     show.add_argument("run", type=Path)
     show.set_defaults(func=cmd_show)
+
+    cmp = sub.add_parser("compare", help="per-case change from BASE to NEW; exit 1 on regression")
+    cmp.add_argument("base", type=Path, help="baseline run directory (or its records.parquet)")
+    cmp.add_argument("new", type=Path, help="run to judge against it")
+    cmp.add_argument("--threshold", type=float, default=0.05,
+                     help="smallest change of the median that counts (0.05: 5%%)")  # fmt: skip
+    cmp.add_argument("--alpha", type=float, default=0.01,
+                     help="significance level, Holm-corrected over the cases")  # fmt: skip
+    cmp.add_argument("--metric", choices=("time", "ratio"), default="time",
+                     help="time: absolute medians (same machine); ratio: vs torch.optim "
+                          "measured inside each run (across machines)")  # fmt: skip
+    cmp.set_defaults(func=cmd_compare)
+
+    plot = sub.add_parser("plot", help="write a run's figures to RUN/figures (PNG + SVG)")
+    plot.add_argument("run", type=Path)
+    plot.set_defaults(func=cmd_plot)
+
+    report = sub.add_parser("report", help="write RUN/report.html, one self-contained page")
+    report.add_argument("run", type=Path)
+    report.set_defaults(func=cmd_report)
 
     prof = sub.add_parser("profile", help="write a profiler trace of one case of a suite")
     prof.add_argument("suite", type=Path)
