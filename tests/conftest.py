@@ -15,7 +15,27 @@ if not torch.cuda.is_available():
 HAS_CUDA = torch.cuda.is_available()
 
 
+def _second_tier_compiled_parity(item: pytest.Item) -> bool:
+    """Compiled-backend parity cases beyond the first tier `make test` runs.
+
+    Every compiled case is an inductor compile (seconds each on 2 cores, cold cache). `make test`
+    runs the compiled backend on every config in fp32, on the default config in fp64, and in bf16;
+    the rest (fp64 and fp16 for the other configs) is marked slow and runs in `make test-all`.
+    """
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if params.get("backend") != "compiled" or "entry" not in params:
+        return False
+    dtype = params.get("dtype")
+    if dtype == torch.float16:
+        return True
+    return dtype == torch.float64 and params.get("config") != params["entry"].configs[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = pytest.mark.slow
+    for item in items:
+        if item.module.__name__.endswith("test_parity") and _second_tier_compiled_parity(item):
+            item.add_marker(slow)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
