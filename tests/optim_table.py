@@ -8,11 +8,15 @@ one entry here; the parity and contract tests pick it up.
 
 from __future__ import annotations
 
+import inspect
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from tests.parity_special import lbfgs_side_by_side, sparse_adam_side_by_side
 from workbench.optim import OPTIMIZERS
 
 
@@ -27,6 +31,21 @@ class OptimEntry:
     # group hyperparameters under which a step leaves the params as they are (Rprop: lr only sets
     # the first step size, which is then clamped to at least step_sizes[0])
     frozen: dict[str, Any] = field(default_factory=lambda: {"lr": 0.0})
+    # whether torch.optim takes complex params (Adafactor refuses them) and empty ones (Adafactor
+    # divides by their numel): the parity problems leave out what it cannot step
+    complex_params: bool = True
+    empty_params: bool = True
+    # For optimizers the generic parity procedure cannot drive: a function (entry, backend,
+    # config, dtype) comparing ours with torch's side by side (tests/parity_special.py)
+    side_by_side: Callable[..., None] | None = None
+    # step(closure) only, the closure called many times per step (LBFGS)
+    closure_step: bool = False
+    # grads must be sparse-layout (SparseAdam): the contract tests use nn.Embedding(sparse=True)
+    sparse_grads: bool = False
+    # torch.optim refuses more than one param group (LBFGS)
+    one_group: bool = False
+    # torch.optim refuses params that are not 2-D (Muon): the tests make theirs matrices (`shape`)
+    matrices_only: bool = False
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -35,6 +54,18 @@ class OptimEntry:
     @property
     def torch_cls(self) -> type[torch.optim.Optimizer]:
         return getattr(torch.optim, self.name)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A test param's shape, as a matrix for a matrices-only optimizer: () -> (1, 1),
+        (n,) -> (n, 1), (a, b, c) -> (a, b * c)."""
+        if not self.matrices_only or len(shape) == 2:
+            return shape
+        return (shape[0] if shape else 1, math.prod(shape[1:]))
+
+    def torch_foreach(self, foreach: bool) -> dict[str, Any]:
+        """torch's `foreach=` where its class takes one (Muon's does not: it runs per tensor)."""
+        takes = inspect.signature(self.torch_cls).parameters
+        return {"foreach": foreach} if "foreach" in takes else {}
 
     def torch_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in config.items() if k not in self.ours_only}
@@ -360,6 +391,117 @@ RMSPROP = OptimEntry(
     ],
 )  # fmt: skip
 
+# torch's LBFGS configs (optim_inputs_func_lbfgs); ours add a short history (it fills, then
+# shifts) with the line search, few iterations per step, and a zero lr
+LBFGS = OptimEntry(
+    name="LBFGS",
+    configs=[
+        {},
+        {"lr": 0.01},
+        {"lr": torch.tensor(0.001)},
+        {"tolerance_grad": 1e-6},
+        {"line_search_fn": "strong_wolfe"},
+        {"history_size": 2, "max_iter": 6, "line_search_fn": "strong_wolfe"},
+        {"history_size": 3, "max_iter": 5, "max_eval": 7, "lr": torch.tensor(0.5)},
+    ],
+    ours_only=(),
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+    side_by_side=lbfgs_side_by_side,
+    closure_step=True,
+    one_group=True,
+)
+
+# torch's SparseAdam configs (optim_inputs_func_sparseadam); ours add betas and eps together.
+# (Its refusals of sparse and complex params are about the params: tests/test_sparse_adam.py.)
+SPARSE_ADAM = OptimEntry(
+    name="SparseAdam",
+    configs=[
+        {},
+        {"lr": 0.01},
+        {"lr": torch.tensor(0.001)},
+        {"maximize": True},
+        {"betas": (0.5, 0.9), "eps": 1e-3, "lr": torch.tensor(0.05), "maximize": True},
+    ],
+    ours_only=(),
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"lr": 0.0}, ValueError, "Invalid learning rate: 0.0"),
+        ({"eps": 0.0}, ValueError, "Invalid epsilon value: 0.0"),
+        ({"lr": 1e-2, "betas": (1.0, 0.0)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+        ({"betas": (0.0, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+    side_by_side=sparse_adam_side_by_side,
+    sparse_grads=True,
+)
+
+# torch's Adafactor configs (optim_inputs_func_adafactor) and errors (optim_error_inputs_func_
+# adafactor; its step-time refusal of complex params is in tests/test_adafactor.py)
+ADAFACTOR = OptimEntry(
+    name="Adafactor",
+    configs=[
+        {},
+        {"weight_decay": 0.1, "lr": 0.01},
+        {"weight_decay": 0.1, "maximize": True},
+        {"beta2_decay": -1.0},
+        {"d": 1.5},
+        # ours: a tensor lr above 1/sqrt(t) for the first steps (read on the device by compiled);
+        # an explicit eps1 large enough that both clamps bite, with clipping at d = 1
+        {"lr": torch.tensor(0.5), "weight_decay": 0.1, "maximize": True},
+        {"eps": (1e-2, 1e-2), "beta2_decay": -0.5, "d": 1.0},
+    ],
+    errors=[
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+        ({"eps": (-1e-30, 1e-3)}, ValueError, "epsilon1 should be >= 0"),
+        ({"d": 0.0}, ValueError, "Clipping threshold d should be >= 1"),
+        ({"beta2_decay": 0.8}, ValueError, "beta2_decay should be <= 0"),
+        # ours: the other checks of torch's constructor
+        ({"lr": -1.0}, ValueError, "Learning rate should be >= 0 but is: -1.0"),
+        ({"eps": (None, -1.0)}, ValueError, "epsilon2 should be >= 0"),
+        ({"weight_decay": -0.5}, ValueError, "weight_decay should be >= 0 but is: -0.5"),
+    ],
+    complex_params=False,
+    empty_params=False,
+)
+
+# torch's Muon configs (optim_inputs_func_muon); ours add plain momentum, both lr adjustments,
+# and everything at once with a tensor lr. (Its refusals of params that are not 2-D or real are
+# about the params: tests/test_muon.py.) Second to last is the low-precision tests' widest case:
+# nesterov stays on there, see test_muon.py for bf16 without it.
+MUON = OptimEntry(
+    name="Muon",
+    configs=[
+        {},
+        {"lr": 0.01},
+        {"lr": torch.tensor(0.001)},
+        {"weight_decay": 0.2},
+        {"momentum": 0.8},
+        {"ns_steps": 6},
+        {"ns_coefficients": (3.4, -4.7, 2.0)},
+        {"nesterov": False, "lr": 0.02},
+        {"adjust_lr_fn": "original", "lr": 0.02},
+        {"lr": torch.tensor(0.01), "momentum": 0.5, "nesterov": False, "weight_decay": 0.05,
+         "adjust_lr_fn": "match_rms_adamw", "ns_steps": 3, "eps": 1e-3},
+        {"adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "weight_decay": 0.05},
+        {"lr": 0.05, "eps": 0.5},
+    ],
+    ours_only=(),
+    errors=[
+        ({"lr": -1.0}, ValueError, "Learning rate should be >= 0 but is: -1.0"),
+        ({"momentum": -0.5}, ValueError, "momentum should be >= 0 but is: -0.5"),
+        ({"weight_decay": -0.5}, ValueError, "weight decay should be >= 0 but is: -0.5"),
+        ({"adjust_lr_fn": "arbitrary"}, ValueError,
+         "Adjust learning rate function arbitrary is not supported"),
+        ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
+    ],
+    complex_params=False,
+    matrices_only=True,
+)  # fmt: skip
+
 TABLE: list[OptimEntry] = [
     ADAMAX, ADAM, ADAMW, ADADELTA, ASGD, RPROP, NADAM, RADAM, SGD, ADAGRAD, RMSPROP,
+    LBFGS, SPARSE_ADAM, ADAFACTOR, MUON,
 ]  # fmt: skip

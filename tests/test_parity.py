@@ -37,12 +37,22 @@ def _fresh_dynamo(request: pytest.FixtureRequest) -> None:
 class Problem(nn.Module):
     """A tiny model whose params cover the layouts an optimizer must handle."""
 
-    def __init__(self, dtype: torch.dtype, with_complex: bool) -> None:
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        with_complex: bool,
+        with_empty: bool = True,
+        matrices_only: bool = False,
+    ) -> None:
         super().__init__()
         torch.manual_seed(1)
-        self.net = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1), nn.Sigmoid())
-        self.empty = nn.Parameter(torch.empty(0, 1))
-        self.scalar = nn.Parameter(torch.tensor(0.5))
+        # matrices only (Muon): no biases, and the scalar is a 1x1 matrix
+        bias = not matrices_only
+        self.net = nn.Sequential(
+            nn.Linear(2, 3, bias=bias), nn.Sigmoid(), nn.Linear(3, 1, bias=bias), nn.Sigmoid()
+        )
+        self.empty = nn.Parameter(torch.empty(0, 1)) if with_empty else None
+        self.scalar = nn.Parameter(torch.tensor([[0.5]] if matrices_only else 0.5))
         self.transposed = nn.Parameter(torch.randn(4, 3).t())  # dense, not contiguous
         self.strided = nn.Parameter(torch.randn(3, 8)[:, ::2])  # not dense at all
         self.to(dtype)
@@ -53,17 +63,24 @@ class Problem(nn.Module):
 
     def loss(self) -> torch.Tensor:
         loss = self.net(self.input).sum()
-        loss = loss + (self.scalar * self.transposed.sum()).sigmoid()
-        loss = loss + self.strided.pow(2).mean() + self.empty.sum()
+        loss = loss + (self.scalar * self.transposed.sum()).sigmoid().sum()
+        loss = loss + self.strided.pow(2).mean()
+        if self.empty is not None:
+            loss = loss + self.empty.sum()
         if self.complex is not None:
             loss = loss + 0.1 * torch.view_as_real(self.complex).pow(2).sum()
         return loss
 
 
 def run_side_by_side(entry: OptimEntry, backend: str, config: dict, dtype: torch.dtype) -> None:
-    models = [Problem(dtype, with_complex=True) for _ in range(2)]
+    models = [
+        Problem(dtype, entry.complex_params, entry.empty_params, entry.matrices_only)
+        for _ in range(2)
+    ]
     ours = entry.ours(models[0].parameters(), backend=backend, **config)
-    ref = entry.torch_cls(models[1].parameters(), foreach=False, **entry.torch_kwargs(config))
+    ref = entry.torch_cls(
+        models[1].parameters(), **entry.torch_foreach(False), **entry.torch_kwargs(config)
+    )
     for i in range(7):
         for model, opt in zip(models, (ours, ref)):
             opt.zero_grad()
@@ -95,7 +112,7 @@ def assert_same_trajectory(model, ours, ref_model, ref, where: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize(("entry", "backend", "config"), CASES)
 def test_matches_torch(entry: OptimEntry, backend: str, config: dict, dtype: torch.dtype) -> None:
-    run_side_by_side(entry, backend, config, dtype)
+    (entry.side_by_side or run_side_by_side)(entry, backend, config, dtype)
 
 
 # ---- low precision ----------------------------------------------------------------------------
@@ -104,7 +121,8 @@ LOW_PRECISION = {torch.bfloat16: 2**-7, torch.float16: 2**-10}  # two units in t
 
 
 def _low_precision_cases():
-    for entry in TABLE:
+    # (not the entries with their own side-by-side procedure: their grads are not random dense)
+    for entry in [e for e in TABLE if e.side_by_side is None]:
         for backend in entry.ours.backends:
             for config in entry.configs[:1] + entry.configs[4:5] + entry.configs[-2:-1]:
                 yield pytest.param(
@@ -123,16 +141,20 @@ def test_low_precision(entry: OptimEntry, backend: str, config: dict, dtype: tor
     in fp32 whose params and state are rounded to the storage dtype after each step.
     """
     torch.manual_seed(0)
-    shapes = [(5, 7), (), (0,), (3, 8)]
-    ours_params = [torch.randn(s).to(dtype) for s in shapes]
+    shapes = [(5, 7), (), (0,), (3, 8)] if entry.empty_params else [(5, 7), (), (3, 8)]
+    ours_params = [torch.randn(entry.shape(s)).to(dtype) for s in shapes]
     ours_params[-1] = ours_params[-1].t()  # non-contiguous
-    fp32_math = backend in ("fused", "compiled")
+    # (a compiled backend built with eager's rounding, emulate_precision_casts (Muon), computes in
+    # the storage dtype like forloop)
+    options = dict(getattr(entry.ours, "inductor_options", ()))
+    eager_rounding = options.get("emulate_precision_casts", False)
+    fp32_math = backend == "fused" or (backend == "compiled" and not eager_rounding)
     ref_dtype = torch.float32 if fp32_math else dtype
     # a copy even when ref_dtype is the params' dtype (forloop, foreach): `.to` would alias them
     ref_params = [p.detach().to(ref_dtype, copy=True) for p in ours_params]
     ours = entry.ours(ours_params, backend=backend, **config)
     foreach = backend == "foreach"
-    ref = entry.torch_cls(ref_params, foreach=foreach, **entry.torch_kwargs(config))
+    ref = entry.torch_cls(ref_params, **entry.torch_foreach(foreach), **entry.torch_kwargs(config))
     tol = LOW_PRECISION[dtype]
     for i in range(6):
         for p, q in zip(ours_params, ref_params):

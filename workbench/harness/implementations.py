@@ -49,7 +49,10 @@ def make_optimizer(case: Case, params: list[Tensor]) -> torch.optim.Optimizer:
         return OPTIMIZERS[case.optimizer](params, backend=case.backend, **flags)
     if impl == "torch":
         cls = getattr(torch.optim, case.optimizer)
-        return cls(params, **_TORCH_BACKEND_FLAGS[case.backend], **flags)
+        backend_flags = _TORCH_BACKEND_FLAGS[case.backend]
+        if case.backend == "forloop" and "foreach" not in inspect.signature(cls).parameters:
+            backend_flags = {}  # Muon takes no foreach: it runs per tensor only
+        return cls(params, **backend_flags, **flags)
     if impl in ("heavyball", "pytorch_optimizer"):
         module = _import(impl, optional=True)
         name = _PEER_NAMES.get(impl, {}).get(case.optimizer, case.optimizer)

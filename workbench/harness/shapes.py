@@ -16,6 +16,8 @@ Two kinds of name:
   ``llama-1b-block``  one decoder block of Llama 3.2 1B: 9 tensors, 60,821,504
   ``llama-1b``        Llama 3.2 1B (16 blocks, tied embeddings, final norm): 146 tensors,
                       1,235,814,400
+  ``mlp-2d``          a bias-free MNIST MLP, 784-256-256-256-10: 4 matrices, 334,336; for
+                      optimizers of 2-D params only (Muon), which every other profile trips up
 """
 
 from __future__ import annotations
@@ -107,11 +109,19 @@ def _llama_1b() -> Shapes:
     return ((c["vocab"], c["d"]),) + _llama_1b_block() * c["layers"] + ((c["d"],),)
 
 
+def _mlp_2d() -> Shapes:
+    """nn.Linear(bias=False) weights, (out, in): matrices only, and small enough that Muon's
+    Newton-Schulz matmuls take a fraction of a second per step on a laptop CPU."""
+    widths = (784, 256, 256, 256, 10)
+    return tuple((out, inp) for inp, out in zip(widths, widths[1:]))
+
+
 MODEL_PROFILES: dict[str, Callable[[], Shapes]] = {
     "resnet50": _resnet50,
     "gpt2-small": _gpt2_small,
     "llama-1b-block": _llama_1b_block,
     "llama-1b": _llama_1b,
+    "mlp-2d": _mlp_2d,
 }
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 from ._backends import BACKENDS
 from ._optimizer import WorkbenchOptimizer
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
 from .asgd import ASGD
+from .lbfgs import LBFGS
+from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 
 OPTIMIZERS: dict[str, type[WorkbenchOptimizer]] = {
     "Adamax": Adamax,
@@ -26,23 +30,31 @@ OPTIMIZERS: dict[str, type[WorkbenchOptimizer]] = {
     "NAdam": NAdam,
     "RAdam": RAdam,
     "SGD": SGD,
+    "Muon": Muon,
     "Adagrad": Adagrad,
     "RMSprop": RMSprop,
+    "Adafactor": Adafactor,
+    "LBFGS": LBFGS,
+    "SparseAdam": SparseAdam,
 }
 
 __all__ = [
     "ASGD",
     "BACKENDS",
+    "LBFGS",
     "OPTIMIZERS",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
     "SGD",
+    "SparseAdam",
     "WorkbenchOptimizer",
 ]

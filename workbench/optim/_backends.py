@@ -152,7 +152,9 @@ _RECOMPILE_LIMIT = 64
 
 
 @cache
-def compiled(update: Callable[..., None]) -> Callable[..., None]:
+def compiled(
+    update: Callable[..., None], inductor_options: tuple[tuple[str, Any], ...] = ()
+) -> Callable[..., None]:
     """The torch.compile of an update function, made once per function.
 
     Dynamo guards on the tensor lists' length and shapes, so it compiles once per group structure
@@ -160,7 +162,9 @@ def compiled(update: Callable[..., None]) -> Callable[..., None]:
     not a new graph. Other float hyperparameters are baked into the graph: changing them
     (betas on a OneCycle schedule) recompiles.
     """
-    graph = torch.compile(update, fullgraph=True, dynamic=False)
+    graph = torch.compile(
+        update, fullgraph=True, dynamic=False, options=dict(inductor_options) or None
+    )
 
     @functools.wraps(update)
     def run(*args: Any, **kwargs: Any) -> None:

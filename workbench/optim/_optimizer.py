@@ -8,6 +8,7 @@ and its update functions.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -18,6 +19,13 @@ from . import _backends
 from ._backends import DEVICE_STEP_BACKENDS
 
 UpdateFn = Callable[..., None]
+
+
+def _dtensor_class() -> type | None:
+    """DTensor, if anything has imported it: a param cannot be one otherwise. (Importing
+    torch.distributed.tensor here would add about a second to every `import workbench.optim`.)"""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 class WorkbenchOptimizer(torch.optim.Optimizer):
@@ -48,6 +56,11 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     # Whether the fused backend takes torch.amp.GradScaler's grad_scale / found_inf, as torch's
     # fused Adam, AdamW, SGD and Adagrad do: the kernel unscales the grads and skips the step.
     fused_amp_scaling: ClassVar[bool] = False
+    # Whether torch refuses params that are not 2-D (Muon): tests and suites give it matrices only.
+    matrices_only: ClassVar[bool] = False
+    # Inductor settings its compiled backend needs, as (name, value) pairs: Muon's bf16 matmul
+    # chain matches torch's eager one bit for bit only with emulate_precision_casts.
+    inductor_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def __init__(
         self,
@@ -94,9 +107,9 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         # State dicts written by torch.optim carry no `backend`: keep choosing like torch does.
         for group in self.param_groups:
             group.setdefault("backend", None)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
+            for key, value in (("foreach", None), ("maximize", False), ("differentiable", False)):
+                if key in self.defaults:  # Muon has none of these flags, as in torch
+                    group.setdefault(key, value)
             if "capturable" in self.defaults:  # SGD and Adagrad have no such flag, as in torch
                 group.setdefault("capturable", False)
             for p in group["params"]:
@@ -134,7 +147,12 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             return group["backend"]
         if group.get("fused"):
             return "fused"
-        return _backends.default_backend(params, group["differentiable"], group["foreach"])
+        backend = _backends.default_backend(
+            params, group.get("differentiable", False), group.get("foreach")
+        )
+        if backend not in self.backends:  # Muon has no foreach: torch runs it per tensor
+            return "forloop"
+        return backend
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
@@ -144,7 +162,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             # Only a differentiable step records autograd history (for hypergradients).
-            with torch.set_grad_enabled(bool(group["differentiable"])):
+            # (Adafactor, like torch's, has no differentiable flag)
+            with torch.set_grad_enabled(bool(group.get("differentiable", False))):
                 self._step_group(group)
         return loss
 
@@ -171,22 +190,26 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             off = key not in self.lazy_state and all(v is None for v in values)
             tensor_lists.append([] if off else values)
         if self.elementwise:
-            tensor_lists = [[_real_view(t) for t in lst] for lst in tensor_lists]
+            # Sharded params (FSDP2's DTensors) keep DTensor state, as torch.optim does, but an
+            # elementwise update steps each rank's local shard: the same math on plain tensors,
+            # with no sharding propagation per op, and what the Triton launcher needs.
+            dtensor = _dtensor_class()
+            tensor_lists = [[_real_view(_local(t, dtensor)) for t in lst] for lst in tensor_lists]
         if self.has_step:
             tensor_lists.append([st["step"] for st in states])
 
         hyper = self._hyperparameters(group)
         flags = {
-            "maximize": group["maximize"],
+            "maximize": group.get("maximize", False),
             "capturable": capturable,
-            "differentiable": group["differentiable"],
+            "differentiable": group.get("differentiable", False),
         }
         if backend == "forloop":
             self.update_functions["forloop"](*tensor_lists, **hyper, **flags)
             self._keep_created_state(tensor_lists, range(len(params)), params, states)
             return
         if backend == "compiled":
-            update = _backends.compiled(self.update_functions["forloop"])
+            update = _backends.compiled(self.update_functions["forloop"], self.inductor_options)
             # (Rprop's update takes no lr: lr only set its initial step sizes)
             if "lr" in hyper and not isinstance(hyper["lr"], Tensor):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
@@ -236,11 +259,23 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         return state
 
 
+def _local(t: Any, dtensor: type | None) -> Any:
+    """A DTensor's local shard (the same storage: in-place updates reach the DTensor)."""
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
 def _real_view(t: Tensor | None) -> Tensor | None:
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
 def _like_param(t: Tensor, p: Tensor) -> Tensor:
+    dtensor = _dtensor_class()
+    if dtensor is not None and isinstance(p, dtensor):
+        # state an update created from the local shard becomes a DTensor sharded like p
+        local = _like_param(t, p.to_local())
+        return dtensor.from_local(
+            local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+        )
     if p.is_complex() and not t.is_complex():
         t = torch.view_as_complex(t)
     return t if t.shape == p.shape else t.view(p.shape)

@@ -1,0 +1,265 @@
+r"""L-BFGS: a quasi-Newton method that keeps the last ``history_size`` curvature pairs.
+
+Each iteration of one ``step(closure)`` works on the params as one flat vector :math:`x`:
+
+.. math::
+    s_k &= t_{k-1} d_{k-1}, \qquad y_k = g_k - g_{k-1}
+        \qquad \text{(kept only when } y_k^\top s_k > 10^{-10}\text{)}        \\
+    d_k &= -H_k g_k \quad \text{(two-loop recursion from }
+        H^0_k = \tfrac{y_k^\top s_k}{y_k^\top y_k} I)                              \\
+    x_{k+1} &= x_k + t_k d_k
+
+with :math:`t_k` = ``lr`` (the first iteration ever scales it by :math:`\min(1, 1/\|g\|_1)`),
+or the step a strong Wolfe line search finds from there (``line_search_fn="strong_wolfe"``:
+bracketing, then zoom, both picking trial points by cubic interpolation). An iteration loop ends at
+``max_iter`` iterations, ``max_eval`` closure calls, a gradient below ``tolerance_grad`` (max
+norm), or a step or loss change below ``tolerance_change``. (Nocedal & Wright, "Numerical
+Optimization", algorithms 7.4 and 3.5-3.6.)
+
+State, kept on the first param as torch.optim does (so state_dicts cross over): ``func_evals``,
+``n_iter`` (ints), ``d``, ``t``, ``old_dirs`` (the y's), ``old_stps`` (the s's), ``ro``
+(:math:`1/y^\top s`), ``H_diag``, ``prev_flat_grad``, ``prev_loss`` and ``al`` (the first loop's
+coefficients, kept as scratch).
+
+Backends: only ``forloop`` (flat-vector math). Not ``foreach``: all the work is on one flat
+vector already. Not ``compiled``: the two-loop recursion is sequential over a history whose length
+grows from 0 to ``history_size`` and that torch keeps as Python lists (the state format); a graph
+with fixed shapes needs either a recompile per length (up to 100 by default, past dynamo's limit)
+or the history padded into a fixed (history_size, n) buffer, which breaks that format or costs a
+copy of the whole history per step. The line search is data-dependent Python control flow around
+closure calls, which graph-breaks anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._optimizer import WorkbenchOptimizer
+from .lbfgs_line_search import strong_wolfe
+
+Number = float | Tensor
+
+
+def _two_loop(
+    flat_grad: Tensor,
+    old_dirs: list[Tensor],
+    old_stps: list[Tensor],
+    ro: list[Tensor],
+    h_diag: Number,
+    al: list[Any],
+) -> Tensor:
+    """-H g by the two-loop recursion, in one buffer; fills ``al`` with the first loop's
+    coefficients (torch keeps them in state)."""
+    q = flat_grad.neg()
+    for i in reversed(range(len(old_dirs))):
+        al[i] = old_stps[i].dot(q) * ro[i]
+        q.add_(old_dirs[i], alpha=-al[i])
+    r = torch.mul(q, h_diag)
+    for i in range(len(old_dirs)):
+        beta = old_dirs[i].dot(r) * ro[i]
+        r.add_(old_stps[i], alpha=al[i] - beta)
+    return r
+
+
+class LBFGS(WorkbenchOptimizer):
+    """L-BFGS (see the module docstring) with torch.optim.LBFGS's signature.
+
+    One param group only, as torch. ``step(closure)`` needs the closure: it re-evaluates the loss
+    and its gradient many times per step. Extra keyword: ``backend`` ("forloop"; None = forloop).
+    """
+
+    backends = ("forloop",)
+    # why a latency suite cannot time it (workbench.harness.suite refuses it there)
+    latency_unsupported = (
+        "its step needs a closure that re-evaluates the loss (many times per step), and the "
+        "latency runner steps on fixed dense grads"
+    )
+    state_names = ()
+    update_functions = {}
+    has_step = False
+    elementwise = False
+    # one iteration, history full: read param, grad, prev grad and each s and y twice (once per
+    # loop); write param, d, prev grad and the new (s, y) pair; see tensors_moved
+    tensors_read = 3
+    tensors_written = 5
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        line_search_fn: str | None = None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if max_eval is None:
+            max_eval = max_iter * 5 // 4
+        defaults = {
+            "lr": lr,
+            "max_iter": max_iter,
+            "max_eval": max_eval,
+            "tolerance_grad": tolerance_grad,
+            "tolerance_change": tolerance_change,
+            "history_size": history_size,
+            "line_search_fn": line_search_fn,
+        }
+        super().__init__(params, defaults, backend=backend)
+        if len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+        self._params: list[Tensor] = self.param_groups[0]["params"]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim.Optimizer's, not the base class's: LBFGS has no foreach/maximize/... flags
+        torch.optim.Optimizer.__setstate__(self, state)
+        for group in self.param_groups:
+            group.setdefault("backend", None)
+
+    @classmethod
+    def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
+        """Per step of ``max_iter`` iterations with a full history (no line search)."""
+        history = flags.get("history_size", 100)
+        iters = flags.get("max_iter", 20)
+        return iters * (cls.tensors_read + 4 * history), iters * cls.tensors_written
+
+    # ---- the params as one flat vector --------------------------------------------------------
+
+    def _flat_grad(self) -> Tensor:
+        pieces = []
+        for p in self._params:
+            if p.grad is None:
+                g = p.new_zeros(p.numel())
+            elif p.grad.is_sparse:
+                g = p.grad.to_dense().view(-1)
+            else:
+                g = p.grad.view(-1)
+            pieces.append(torch.view_as_real(g).view(-1) if g.is_complex() else g)
+        return torch.cat(pieces)
+
+    def _move(self, t: Number, d: Tensor) -> None:
+        """x += t * d, d cut back into the params' shapes (complex ones as their real view)."""
+        offset = 0
+        for p in self._params:
+            real = torch.view_as_real(p) if p.is_complex() else p
+            n = real.numel()
+            real.add_(d[offset : offset + n].view_as(real), alpha=t)
+            offset += n
+
+    def _evaluate_along(
+        self, closure: Callable[[], Any], x: list[Tensor], t: Number, d: Tensor
+    ) -> tuple[float, Tensor]:
+        """Loss and flat grad at x + t d; the params are put back to x afterwards."""
+        self._move(t, d)
+        loss = float(closure())
+        flat_grad = self._flat_grad()
+        for p, saved in zip(self._params, x):
+            p.copy_(saved)
+        return loss, flat_grad
+
+    # ---- the step -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+        """Run up to ``max_iter`` L-BFGS iterations; returns the closure's first loss."""
+        group = self.param_groups[0]
+        closure = torch.enable_grad()(closure)
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.dim() != 0:
+            lr = lr.squeeze()
+        max_iter, max_eval = group["max_iter"], group["max_eval"]
+        tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
+        history_size = group["history_size"]
+
+        state = self.state[self._params[0]]
+        state.setdefault("func_evals", 0)
+        state.setdefault("n_iter", 0)
+
+        first_loss = closure()
+        loss = float(first_loss)
+        evals = 1
+        state["func_evals"] += 1
+        flat_grad = self._flat_grad()
+        if flat_grad.abs().max() <= tol_grad:
+            return first_loss  # already optimal: state untouched past the counters
+
+        d, t = state.get("d"), state.get("t")
+        old_dirs, old_stps, ro = state.get("old_dirs"), state.get("old_stps"), state.get("ro")
+        h_diag = state.get("H_diag")
+        prev_flat_grad, prev_loss = state.get("prev_flat_grad"), state.get("prev_loss")
+
+        for it in range(1, max_iter + 1):
+            state["n_iter"] += 1
+            first_ever = state["n_iter"] == 1
+            if first_ever:
+                d = flat_grad.neg()
+                old_dirs, old_stps, ro = [], [], []
+                h_diag = 1
+            else:
+                y = flat_grad.sub(prev_flat_grad)
+                s = d.mul(t)
+                ys = y.dot(s)
+                if ys > 1e-10:  # keep only pairs of positive curvature: H stays positive definite
+                    if len(old_dirs) == history_size:
+                        del old_dirs[0], old_stps[0], ro[0]
+                    old_dirs.append(y)
+                    old_stps.append(s)
+                    ro.append(1.0 / ys)
+                    h_diag = ys / y.dot(y)
+                al = state.setdefault("al", [None] * history_size)
+                d = _two_loop(flat_grad, old_dirs, old_stps, ro, h_diag, al)
+
+            if prev_flat_grad is None:
+                prev_flat_grad = flat_grad.clone(memory_format=torch.contiguous_format)
+            else:
+                prev_flat_grad.copy_(flat_grad)
+            prev_loss = loss
+
+            # the very first step is scaled down by the gradient's size: there is no curvature yet
+            t = min(1.0, 1.0 / flat_grad.abs().sum()) * lr if first_ever else lr
+            gtd = flat_grad.dot(d)
+            if gtd > -tol_change:  # not a descent direction any more
+                break
+
+            if group["line_search_fn"] is not None:
+                if group["line_search_fn"] != "strong_wolfe":
+                    raise RuntimeError("only 'strong_wolfe' is supported")
+                x = [p.clone(memory_format=torch.contiguous_format) for p in self._params]
+                loss, flat_grad, t, ls_evals = strong_wolfe(
+                    lambda x, t, d: self._evaluate_along(closure, x, t, d),
+                    x, t, d, loss, flat_grad, gtd, max_ls=max_eval - evals,
+                )  # fmt: skip
+                self._move(t, d)
+                optimal = flat_grad.abs().max() <= tol_grad
+            else:
+                self._move(t, d)
+                ls_evals = 0
+                optimal = False
+                if it != max_iter:  # the last iteration's loss would only be thrown away
+                    loss = float(closure())
+                    flat_grad = self._flat_grad()
+                    optimal = flat_grad.abs().max() <= tol_grad
+                    ls_evals = 1
+            evals += ls_evals
+            state["func_evals"] += ls_evals
+
+            if it == max_iter or evals >= max_eval or optimal:
+                break
+            if d.mul(t).abs().max() <= tol_change or abs(loss - prev_loss) < tol_change:
+                break  # no progress left to make
+
+        state.update(
+            d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag,
+            prev_flat_grad=prev_flat_grad, prev_loss=prev_loss,
+        )  # fmt: skip
+        return first_loss
