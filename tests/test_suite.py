@@ -153,6 +153,29 @@ def test_backends_per_implementation(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ]
 
 
+def test_matrices_only_optimizer_needs_sizes_of_matrices(tmp_path: Path) -> None:
+    """Muon takes 2-D params only: torch's has no foreach, and a size with other params is the
+    suite's mistake, refused before any work unless an exclude rule drops those cases."""
+    assert torch_backends("Muon") == ("forloop",)
+    text = """
+        [axes]
+        optimizers = ["Muon", "AdamW"]
+        implementations = ["workbench", "torch"]
+        sizes = ["mlp-2d", "2x1k"]
+        [flags.Muon]
+        weight_decay = [0.0]
+        """
+    error = suite_error(write(tmp_path, text))
+    assert error.key == "axes.sizes"
+    assert "Muon takes 2-D params only" in error.reason and "'2x1k'" in error.reason
+    assert "mlp-2d" in error.reason  # the way out
+    path = write(tmp_path, text + '[[exclude]]\noptimizer = "Muon"\nsize = "2x1k"\n')
+    cases = load_suite(path).cases()
+    muon = [(c.implementation, c.backend) for c in cases if c.optimizer == "Muon"]
+    ours = [("workbench", b) for b in ("forloop", "foreach", "compiled")]
+    assert muon == [*ours, ("torch", "forloop")]
+
+
 def test_exclusions(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -412,6 +435,9 @@ def test_model_profiles_match_published_totals() -> None:
     assert _count("llama-1b-block") == (9, block)
     assert _count("llama-1b") == (1 + 16 * 9 + 1, vocab * d + 16 * block + d)
     assert vocab * d + 16 * block + d == 1_235_814_400  # meta-llama/Llama-3.2-1B's count
+    # matrices only, for Muon: 784-256-256-256-10 without biases
+    assert profile_shapes("mlp-2d") == ((256, 784), (256, 256), (256, 256), (10, 256))
+    assert _count("mlp-2d") == (4, 334_336)
 
 
 def test_unknown_profile_lists_the_known_names() -> None:
@@ -436,7 +462,9 @@ def test_quick_suite_loads_and_stays_small() -> None:
     fused = {c.optimizer for c in cases if c.backend == "fused"}
     assert fused == {"Adam", "AdamW", "SGD", "Adagrad"}
     assert {"workbench", "torch"} <= {c.implementation for c in cases}
-    assert {c.optimizer for c in cases} == set(OPTIMIZERS)
+    # (all but those a latency suite refuses: LBFGS needs a closure, SparseAdam sparse grads)
+    timed = {n for n, c in OPTIMIZERS.items() if not getattr(c, "latency_unsupported", None)}
+    assert {c.optimizer for c in cases} == timed
 
 
 def test_gpu_suite_loads_and_spans_sizes() -> None:

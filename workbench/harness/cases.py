@@ -31,6 +31,7 @@ class Case:
     flags: tuple[tuple[str, Any], ...]  # optimizer kwargs, sorted by key; lists made tuples
     repeat: int  # 0 .. repeats - 1
     problem: str | None = None  # convergence cases: a name in workbench.problems.PROBLEMS
+    world_size: int = 1  # ranks the params are sharded over (> 1: one process per rank)
 
     @property
     def case_id(self) -> str:
@@ -53,6 +54,8 @@ class Case:
         }
         if self.problem is not None:  # only when set: latency cases keep the ids they had
             axes["problem"] = self.problem
+        if self.world_size != 1:  # likewise: single-process cases keep their ids
+            axes["world_size"] = self.world_size
         canonical = json.dumps(axes, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
@@ -84,6 +87,7 @@ class Case:
             "repeat": self.repeat,
             "n_tensors": self.n_tensors,
             "numel": self.numel,
+            "world_size": self.world_size,
         }
         if self.problem is not None:
             row["problem"] = self.problem
@@ -98,4 +102,6 @@ class Case:
         parts.append(self.device)
         if flags:
             parts.append(flags)
+        if self.world_size != 1:
+            parts.append(f"world_size={self.world_size}")
         return "/".join(parts) + f"#{self.repeat}"

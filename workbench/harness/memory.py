@@ -46,6 +46,10 @@ def _tensors_in(value: object) -> Iterator[torch.Tensor]:
 
 
 def _storages_of(tensor: torch.Tensor) -> Iterator[tuple[tuple[str, int], int]]:
+    if hasattr(tensor, "to_local") and hasattr(tensor, "placements"):
+        # a DTensor (FSDP2 state): this rank holds its local shard, nothing more
+        yield from _storages_of(tensor.to_local())
+        return
     if tensor.is_sparse:  # COO has no storage of its own: its indices and values do
         yield from _storages_of(tensor._indices())
         yield from _storages_of(tensor._values())

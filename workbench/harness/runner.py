@@ -69,6 +69,8 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
     device = torch.device(case.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaseFailure("skipped", "CUDA is not available on this machine")
+    if case.world_size > 1:
+        return run_sharded_case(case, suite, probe_bw)
     optimizer, params = _build(case, device, seed=0)
     copies = [(optimizer, params)]
     nbytes = minimal_bytes(case) or 0
@@ -113,6 +115,48 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
     if suite.measure.launches:
         row["launches"] = launches.kernel_launches(optimizer.step, device)
         row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
+    return row
+
+
+def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
+    """A case sharded over ``world_size`` ranks: one process per rank (distributed_worker), rank 0
+    writes the row; a rank that fails or outlives ``[distributed] timeout_s`` ends the case."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from .distributed import LaunchError, launch
+    from .distributed_worker import spec_for
+
+    if case.device == "cuda" and case.world_size > torch.cuda.device_count():
+        raise CaseFailure(
+            "skipped",
+            f"world_size={case.world_size} needs {case.world_size} GPUs; "
+            f"{torch.cuda.device_count()} visible",
+        )
+    if not torch.distributed.is_available():
+        raise CaseFailure("skipped", "this torch build has no torch.distributed")
+    with tempfile.TemporaryDirectory(prefix="workbench-dist-") as tmp:
+        out = Path(tmp) / "row.json"
+        spec = Path(tmp) / "spec.json"
+        spec.write_text(json.dumps(spec_for(case, suite, out)))
+        try:
+            launch(
+                "workbench.harness.distributed_worker",
+                [str(spec)],
+                case.world_size,
+                timeout_s=suite.distributed.timeout_s,
+            )
+        except LaunchError as e:
+            raise CaseFailure(e.status, str(e)) from None
+        row: dict[str, Any] = json.loads(out.read_text())
+    nbytes = minimal_bytes(case) or 0
+    row["minimal_bytes"] = nbytes or None
+    row["distributed_backend"] = suite.distributed.backend
+    if nbytes:
+        # bytes every rank moves together per step, over the step time of the slowest rank
+        row["achieved_bw"] = nbytes / row["median_s"]
+        row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
     return row
 
 

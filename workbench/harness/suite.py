@@ -17,6 +17,8 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     dtypes = ["float32"]                # [float32]; float32 | bfloat16 | float16 | float64
     devices = ["cpu"]                   # [cpu]; cpu | cuda (cuda without a GPU: error rows later)
     repeats = 1                         # [1]; each case is measured this many times
+    world_size = [1, 2]                 # [[1]]; > 1: params sharded over that many ranks, one
+                                        #   process each (workbench.harness.distributed_worker)
 
     [flags]                             # the flag matrix: each key is one axis, its list the
     weight_decay = [0.0, 0.01]          #   values; keys are keyword arguments of the torch.optim
@@ -39,6 +41,10 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     memory = true                       # [true] peak memory of a step, exact state bytes
     launches = true                     # [true] kernel launches per step (torch.profiler)
     bandwidth_probe = true              # [true] streaming-bandwidth probe to compare against
+
+    [distributed]                       # cases with world_size > 1
+    backend = "gloo"                    # ["gloo"]; or "nccl" (one GPU per rank; fewer: skipped)
+    timeout_s = 300                     # [300] ranks still running then are killed: an error row
 
     [convergence]                       # convergence suites only ([timing] and [measure] are
     steps = 200                         #   latency's); [200] optimizer steps per case
@@ -87,7 +93,11 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 DEVICES = ("cpu", "cuda")
 NAMED_IMPLEMENTATIONS = ("workbench", "torch", "heavyball", "pytorch_optimizer")
 TORCH_BACKENDS = ("forloop", "foreach", "fused")
-AXES = ("optimizer", "implementation", "backend", "size", "dtype", "device", "repeat", "problem")
+AXES = (
+    "optimizer", "implementation", "backend", "size", "dtype", "device", "repeat", "problem",
+    "world_size",
+)  # fmt: skip
+DIST_BACKENDS = ("gloo", "nccl")
 KINDS = ("latency", "convergence")
 # The axis that makes the params, and the tables that apply, per kind of suite.
 _KIND_AXIS = {"latency": "sizes", "convergence": "problems"}
@@ -106,6 +116,7 @@ _RESERVED_FLAGS = {
 
 # table -> key -> (expected type, default); [flags] and [[exclude]] are free-form.
 _LIST = "a list of strings"
+_INTS = "a list of integers"
 _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "suite": {
         "name": ("a string", None),
@@ -120,6 +131,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "problems": (_LIST, None),
         "dtypes": (_LIST, ["float32"]),
         "devices": (_LIST, ["cpu"]),
+        "world_size": (_INTS, [1]),  # ranks a case is sharded over (> 1: a launched process group)
         "repeats": ("an integer", 1),
     },
     "timing": {
@@ -134,6 +146,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "bandwidth_probe": ("a boolean", True),
     },
     "convergence": {"steps": ("an integer", 200), "seed": ("an integer", 0)},
+    "distributed": {"backend": ("a string", "gloo"), "timeout_s": ("a number", 300.0)},
 }
 _TABLES = (*_SCHEMA, "flags", "exclude")
 
@@ -165,6 +178,12 @@ class MeasureSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    backend: str = "gloo"  # torch.distributed backend of cases with world_size > 1
+    timeout_s: float = 300.0  # a case whose ranks have not all finished by then is an error row
+
+
+@dataclass(frozen=True)
 class ConvergenceSettings:
     steps: int = 200
     seed: int = 0
@@ -181,6 +200,7 @@ class Suite:
     document: dict[str, Any] = field(default_factory=dict, repr=False)  # the TOML after --set
     kind: str = "latency"  # one of KINDS: what run_cases measures per case
     convergence: ConvergenceSettings = field(default_factory=ConvergenceSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
     _cases: tuple[Case, ...] = field(default=(), repr=False)
 
     def cases(self) -> list[Case]:
@@ -205,6 +225,7 @@ class Suite:
             "timing": asdict(self.timing),
             "measure": asdict(self.measure),
             "convergence": asdict(self.convergence) if self.kind == "convergence" else None,
+            "distributed": asdict(self.distributed),
             "n_cases": len(self._cases),
             "document": self.document,
         }
@@ -311,10 +332,17 @@ def _signature(optimizer: str) -> inspect.Signature:
 
 
 def torch_backends(optimizer: str) -> tuple[str, ...]:
-    """The backends torch.optim.<optimizer> offers: fused only where it takes ``fused=``."""
-    if "fused" in _signature(optimizer).parameters and hasattr(torch.optim, optimizer):
-        return TORCH_BACKENDS
-    return ("forloop", "foreach")
+    """The backends torch.optim.<optimizer> offers: foreach and fused where it takes
+    ``foreach=`` and ``fused=`` (Muon takes neither: forloop only)."""
+    if not hasattr(torch.optim, optimizer):
+        return ("forloop", "foreach")
+    takes = _signature(optimizer).parameters
+    return tuple(b for b in TORCH_BACKENDS if b == "forloop" or b in takes)
+
+
+def matrices_only(optimizer: str) -> bool:
+    """Whether the optimizer takes 2-D params only (Muon), as torch.optim's refuses others."""
+    return bool(getattr(OPTIMIZERS[optimizer], "matrices_only", False))
 
 
 def implementation_backends(optimizer: str, implementation: str) -> tuple[str, ...]:
@@ -369,6 +397,7 @@ class _Loader:
             overrides=overrides,
             document=document,
             _cases=tuple(cases),
+            distributed=self.check_distributed(s["distributed"], axes),
             kind=kind,
             convergence=convergence,
         )
@@ -408,6 +437,8 @@ class _Loader:
             value = given[key]
             ok = {
                 _LIST: isinstance(value, list) and all(isinstance(v, str) for v in value),
+                _INTS: isinstance(value, list)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
                 "a string": isinstance(value, str),
                 "an integer": isinstance(value, int) and not isinstance(value, bool),
                 "a number": _is_number(value),
@@ -440,10 +471,22 @@ class _Loader:
                     if value not in known:
                         hint = _did_you_mean(value, known)
                         raise self.error(where, f"unknown {what} {value!r}{hint}; known: {known}")
+                    reason = getattr(OPTIMIZERS.get(value), "latency_unsupported", None)
+                    if key == "optimizers" and kind == "latency" and reason:
+                        raise self.error(where, f"{value} cannot run in a latency suite: {reason}")
                 elif key == "implementations":
                     self.check_implementation(where, value)
                 else:
                     self.check_size(where, value)
+        sizes = axes["world_size"]
+        if not sizes:
+            raise self.error("axes.world_size", "must list at least one value")
+        for i, n in enumerate(sizes):
+            if n < 1 or n in sizes[:i]:
+                why = "must be >= 1" if n < 1 else "is listed twice"
+                raise self.error(f"axes.world_size[{i}]", f"{why}, got {n}")
+        if kind == "convergence" and sizes != [1]:
+            raise self.error("axes.world_size", "convergence cases run in one process: use [1]")
         if axes["repeats"] < 1:
             raise self.error("axes.repeats", f"must be at least 1, got {axes['repeats']}")
 
@@ -535,7 +578,7 @@ class _Loader:
         """Build the reference optimizer once per flag combination on a 1-element tensor, so that
         values it refuses (negative lr, beta >= 1) stop the suite now, not as error rows later."""
         cls = getattr(torch.optim, optimizer, None) or OPTIMIZERS[optimizer]
-        param = torch.zeros(1, requires_grad=True)
+        param = torch.zeros((1, 1) if matrices_only(optimizer) else 1, requires_grad=True)
         for combo in _combinations(matrix):
             try:
                 with warnings.catch_warnings():
@@ -571,6 +614,10 @@ class _Loader:
     def check_exclude_value(self, where: str, axis: str, value: Any) -> None:
         # Checked against the vocabulary, not this suite's axes: a rule for a value that
         # `--set` has removed is fine, a misspelt one would silently exclude nothing.
+        if axis == "world_size":
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise self.error(where, f"expected a world size >= 1, got {_type_name(value)}")
+            return
         if axis == "repeat":
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise self.error(where, f"expected a repeat index >= 0, got {_type_name(value)}")
@@ -597,6 +644,18 @@ class _Loader:
             raise self.error("convergence.steps", f"must be >= 1, got {convergence.steps}")
         if convergence.seed < 0:
             raise self.error("convergence.seed", f"must be >= 0, got {convergence.seed}")
+
+    def check_distributed(self, given: dict[str, Any], axes: dict[str, Any]) -> DistributedSettings:
+        settings = DistributedSettings(**given)
+        if settings.backend not in DIST_BACKENDS:
+            hint = _did_you_mean(settings.backend, DIST_BACKENDS)
+            raise self.error(
+                "distributed.backend",
+                f"unknown backend {settings.backend!r}{hint}; known: {list(DIST_BACKENDS)}",
+            )
+        if settings.timeout_s <= 0:
+            raise self.error("distributed.timeout_s", f"must be > 0, got {settings.timeout_s}")
+        return settings
 
     def check_timing(self, timing: TimingSettings) -> None:
         if timing.warmup_s < 0:
@@ -634,7 +693,7 @@ class _Loader:
                         backends = [PEER_BACKEND]  # peers ignore the backends axis
                     else:
                         backends = [b for b in axes["backends"] if b in offered]
-                    for backend in backends:
+                    for backend, world_size in itertools.product(backends, axes["world_size"]):
                         case = Case(
                             optimizer=optimizer,
                             implementation=implementation,
@@ -646,9 +705,11 @@ class _Loader:
                             flags=combo,
                             repeat=repeat,
                             problem=size if problems else None,
+                            world_size=world_size,
                         )
                         before += 1
                         if not any(_matches(case, rule) for rule in rules):
+                            self.check_matrices(case, "axes.problems" if problems else "axes.sizes")
                             cases.append(case)
         if not cases:
             if before:
@@ -658,6 +719,21 @@ class _Loader:
                 f"no implementation in {axes['implementations']} offers any of {axes['backends']}",
             )
         return cases
+
+    def check_matrices(self, case: Case, key: str) -> None:
+        """A 2-D-only optimizer (Muon) on params that are not all matrices is the suite's mistake,
+        not an error row per case: refuse it now, and say how to fix it."""
+        if not matrices_only(case.optimizer):
+            return
+        others = [s for s in case.shapes if len(s) != 2]
+        if others:
+            raise self.error(
+                key,
+                f"{case.optimizer} takes 2-D params only (as torch.optim.{case.optimizer}), and "
+                f"{case.size!r} has {len(others)} of {len(case.shapes)} that are not, e.g. "
+                f"{others[0]}: use a size of matrices such as 'mlp-2d', or add "
+                f"[[exclude]] optimizer = {case.optimizer!r}, size = {case.size!r}",
+            )
 
 
 def _other_kind(other: str, kind: str) -> str:

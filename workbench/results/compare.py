@@ -59,7 +59,9 @@ from .summary import problem_columns, with_ratios
 Metric = Literal["time", "ratio"]
 
 # The columns that name a case. `repeat` is not among them: repeats of a case are pooled.
-CASE_AXES = ("optimizer", "implementation", "backend", "size", "dtype", "device", "problem")
+CASE_AXES = (
+    "optimizer", "implementation", "backend", "size", "dtype", "device", "world_size", "problem",
+)  # fmt: skip
 # Sort order of the report: what needs attention first.
 VERDICTS = ("regression", "failed", "improvement", "fixed", "added", "removed", "skipped")
 VERDICTS += ("same", "n/a")
@@ -81,11 +83,20 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+# Axes added after runs were recorded: an old run's rows hold their value implicitly.
+_AXIS_DEFAULTS = {"world_size": 1}
+
+
+def _axis_value(row: dict[str, Any], axis: str) -> Any:
+    value = _scalar(row.get(axis))
+    return _AXIS_DEFAULTS.get(axis) if value is None else value
+
+
 def pool_cases(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """One row per case: its axes, its pooled ok samples, and one status for all its repeats."""
     cases: dict[tuple, dict[str, Any]] = {}
     for row in df.to_dict("records"):
-        key = tuple(_scalar(row.get(a)) for a in axes)
+        key = tuple(_axis_value(row, a) for a in axes)
         case = cases.setdefault(key, {**dict(zip(axes, key)), "chunks": [], "bad": [], "ok": 0})
         status = row.get("status", "ok")
         if status == "ok":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 # The axes that define "the same problem": rows that agree on them are comparable side by side.
-_PROBLEM_AXES = ("optimizer", "size", "problem", "dtype", "device", "repeat")
+_PROBLEM_AXES = ("optimizer", "size", "problem", "dtype", "device", "world_size", "repeat")
 
 
 def problem_columns(df: pd.DataFrame) -> list[str]:
@@ -43,6 +43,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "size": "size",
         "dtype": "dtype",
         "device": "device",
+        "world_size": "ranks",
         "median_s": "median ms",
         "iqr_s": "IQR ms",
         "achieved_bw": "GB/s",
