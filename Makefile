@@ -49,6 +49,8 @@ bench: install
 	fi; \
 	echo "workbench run $$suite"; \
 	$(PY) -m workbench.cli run "$$suite" $(BENCH_ARGS)
+	@# figures (PNG, SVG) and the HTML report of the run just made (the newest under results/)
+	@$(MAKE) --no-print-directory report
 
 # every optimizer on the test problems of workbench/problems (CPU, a few minutes): loss curves,
 # steps to target, distance from torch.optim's trajectory
