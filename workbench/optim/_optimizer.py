@@ -264,6 +264,24 @@ def _local(t: Any, dtensor: type | None) -> Any:
     return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
 
+def check_lr_betas_eps_weight_decay(
+    lr: float | Tensor, betas: tuple[float, float], eps: float, weight_decay: float
+) -> None:
+    """torch.optim's checks (and messages) for the Adam-style hyperparameters. Written with
+    `not x >= 0` so that NaN is refused too."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
 def _real_view(t: Tensor | None) -> Tensor | None:
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
 
 def _mu(beta1: float, step: Any, momentum_decay: float) -> Any:
@@ -243,18 +243,7 @@ class NAdam(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_lr_betas_eps_weight_decay(lr, betas, eps, weight_decay)
         if not momentum_decay >= 0.0:
             raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
         defaults = {

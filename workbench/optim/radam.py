@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
 
 def _rectification(rho_t: Any, rho_inf: float) -> Any:
@@ -255,18 +255,7 @@ class RAdam(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_lr_betas_eps_weight_decay(lr, betas, eps, weight_decay)
         defaults = {
             "lr": lr,
             "betas": betas,
