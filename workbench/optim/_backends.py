@@ -131,6 +131,9 @@ def group_by_device_and_dtype(
 
     An empty list (state a flag turned off) stays empty in every bucket.
     """
+    first = tensor_lists[0]
+    if all(p.dtype == first[0].dtype and p.device == first[0].device for p in first):
+        return [list(tensor_lists)]  # the usual case, at a fraction of the per-tensor cost
     buckets: dict[tuple[torch.device, torch.dtype], list[list[Tensor | None]]] = {}
     for i, p in enumerate(tensor_lists[0]):
         bucket = buckets.setdefault((p.device, p.dtype), [[] for _ in tensor_lists])
@@ -162,9 +165,13 @@ def compiled(
     not a new graph. Other float hyperparameters are baked into the graph: changing them
     (betas on a OneCycle schedule) recompiles.
     """
-    graph = torch.compile(
-        update, fullgraph=True, dynamic=False, options=dict(inductor_options) or None
-    )
+    from ._materialize import register_inductor_lowering
+
+    register_inductor_lowering()
+    # Dynamo's guards already check every input's size and stride; Inductor's own assertion of
+    # them, one call per tensor per step, is a tenth of a small step's time: leave it out.
+    options = {"size_asserts": False, **dict(inductor_options)}
+    graph = torch.compile(update, fullgraph=True, dynamic=False, options=options)
 
     @functools.wraps(update)
     def run(*args: Any, **kwargs: Any) -> None:

@@ -61,6 +61,11 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     # Inductor settings its compiled backend needs, as (name, value) pairs: Muon's bf16 matmul
     # chain matches torch's eager one bit for bit only with emulate_precision_casts.
     inductor_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    # The step protocol the harness drives it with (torch.optim's and peers' classes of the same
+    # name too): a step that takes a closure re-evaluating the loss (LBFGS), or one that needs
+    # sparse-layout grads (SparseAdam); neither: fixed dense grads and a bare step().
+    needs_closure: ClassVar[bool] = False
+    sparse_grads: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -194,7 +199,10 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             # elementwise update steps each rank's local shard: the same math on plain tensors,
             # with no sharding propagation per op, and what the Triton launcher needs.
             dtensor = _dtensor_class()
-            tensor_lists = [[_real_view(_local(t, dtensor)) for t in lst] for lst in tensor_lists]
+            if any(p.is_complex() or _is_instance(p, dtensor) for p in params):
+                tensor_lists = [
+                    [_real_view(_local(t, dtensor)) for t in lst] for lst in tensor_lists
+                ]
         if self.has_step:
             tensor_lists.append([st["step"] for st in states])
 
@@ -214,8 +222,15 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             if "lr" in hyper and not isinstance(hyper["lr"], Tensor):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
             # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element
-            # view of the same storage is updated correctly.
-            tensor_lists = [[_one_dim(t) for t in lst] for lst in tensor_lists]
+            # view of the same storage is updated correctly. Only lists that may hold such tensors
+            # are rebuilt: a view per tensor per step is a good part of a small step's time.
+            fp64_scalar_params = any(p.dim() == 0 and p.dtype == torch.float64 for p in params)
+            tensor_lists = [
+                [_one_dim(t) for t in lst]
+                if fp64_scalar_params or _holds_fp64_scalars(lst)
+                else lst
+                for lst in tensor_lists
+            ]
         else:
             update = self.update_functions[backend]
             if backend == "fused":
@@ -259,6 +274,10 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         return state
 
 
+def _is_instance(t: Any, cls: type | None) -> bool:
+    return cls is not None and isinstance(t, cls)
+
+
 def _local(t: Any, dtensor: type | None) -> Any:
     """A DTensor's local shard (the same storage: in-place updates reach the DTensor)."""
     return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
@@ -299,5 +318,12 @@ def _like_param(t: Tensor, p: Tensor) -> Tensor:
     return t if t.shape == p.shape else t.view(p.shape)
 
 
+def _holds_fp64_scalars(tensors: list[Tensor | None]) -> bool:
+    """Whether a list holds 0-dim fp64 tensors (step counts under an fp64 default dtype). A list
+    holds scalars or param-shaped tensors throughout: its first tensor tells which."""
+    first = next((t for t in tensors if t is not None), None)
+    return first is not None and first.dim() == 0 and first.dtype == torch.float64
+
+
 def _one_dim(t: Tensor | None) -> Tensor | None:
-    return t.view(1) if t is not None and t.dim() == 0 else t
+    return t.view(1) if t is not None and t.dim() == 0 and t.dtype == torch.float64 else t

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._backends import DEVICE_STEP_BACKENDS
+from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 from .sgd import _check_fused_flags
 
@@ -58,7 +59,7 @@ def _adagrad_forloop(
         else:
             std = state_sum.sqrt().add_(eps)
         if on_device:
-            decayed_lr = lr / (1 + (step - 1) * lr_decay)
+            decayed_lr = materialize(lr / (1 + (step - 1) * lr_decay))
             param.addcdiv_(grad * decayed_lr, std, value=-1)
         else:
             decayed_lr = float(lr) / (1 + (step.item() - 1) * lr_decay)

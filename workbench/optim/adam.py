@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 
 Scalar = float | Tensor
@@ -128,7 +129,9 @@ def _adam_forloop(
             neg_step_size, bc2_sqrt = _step_scalars(step, lr, beta1, beta2, dtype)
             # theta += m / ((sqrt(v) / bc2_sqrt + eps) / -step_size): the tensor scalars fold into
             # the denominator (addcdiv_'s `value` must be a number), at no extra pass.
-            denom = (second_moment.sqrt() / (bc2_sqrt * neg_step_size)).add_(eps / neg_step_size)
+            scale = materialize(bc2_sqrt * neg_step_size)
+            offset = materialize(eps / neg_step_size)
+            denom = (second_moment.sqrt() / scale).add_(offset)
             # the saved numerator must not be the exp_avg the next step updates in place
             param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
         else:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
 
@@ -58,7 +59,7 @@ def _adamax_forloop(
         if on_device:
             # theta -= lr / bc * m / u, written as theta += m / (u * (beta1^t - 1) / lr) so the
             # only division by a tensor scalar is folded into the denominator.
-            neg_bc_over_lr = (beta1**step - 1) / lr
+            neg_bc_over_lr = materialize((beta1**step - 1) / lr)
             param.addcdiv_(exp_avg, exp_inf * neg_bc_over_lr)
         else:
             step_size = float(lr) / (1 - beta1 ** step.item())

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
+from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
 
@@ -86,9 +87,10 @@ def _nadam_forloop(
             mu_next = _mu(beta1, t + 1, momentum_decay)
             mu_product.mul_(mu)
             dtype = _math_dtype(param)
-            grad_coef = (lr * (mu - 1) / (1 - mu_product)).to(dtype)
-            avg_coef = (-lr * mu_next / (1 - mu_product * mu_next)).to(dtype)
-            denom = (exp_avg_sq / (1 - beta2**t).to(dtype)).sqrt() + eps
+            grad_coef = materialize((lr * (mu - 1) / (1 - mu_product)).to(dtype))
+            avg_coef = materialize((-lr * mu_next / (1 - mu_product * mu_next)).to(dtype))
+            bias_correction2 = materialize((1 - beta2**t).to(dtype))
+            denom = (exp_avg_sq / bias_correction2).sqrt() + eps
             # two updates, as torch.optim makes them: in fp16/bf16 the param is rounded after each
             param.addcdiv_(grad * grad_coef, denom)
             param.addcdiv_(exp_avg * avg_coef, denom)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
 
@@ -102,7 +103,9 @@ def _radam_forloop(
             # The switch is a select between two per-element scales, not a host branch.
             rectified, adaptive, plain = _step_coefficients(step.to(torch.float64), beta1, beta2)
             dtype = _math_dtype(param)
-            adaptive, plain = (lr * adaptive).to(dtype), (lr * plain).to(dtype)
+            adaptive = materialize((lr * adaptive).to(dtype))
+            plain = materialize((lr * plain).to(dtype))
+            rectified = materialize(rectified)
             scale = torch.where(rectified, adaptive / (exp_avg_sq.sqrt() + eps), plain)
             param.sub_(exp_avg * scale)
         else:
