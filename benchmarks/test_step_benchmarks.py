@@ -6,7 +6,7 @@ They live outside tests/ so that `make test` never times anything.
 
 The problem is small and fixed (a small MLP's shapes, random normal params and grads: timing zeros
 would hide the work), so the whole sweep takes seconds per case. Optimizers are built the way the
-harness builds them (workbench.harness.implementations.make_optimizer), so a benchmark and a run
+harness builds them (workbench.harness.step_protocols.build_workload), so a benchmark and a run
 time the same construction.
 """
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from workbench.harness.cases import Case
-from workbench.harness.implementations import make_optimizer
+from workbench.harness.step_protocols import Workload, build_workload
 from workbench.optim import OPTIMIZERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,31 +56,31 @@ def _params() -> Iterator[pytest.param]:
                 yield pytest.param(name, "torch", backend, id=f"{name}-torch-{backend}")
 
 
-def _build(optimizer: str, implementation: str, backend: str) -> torch.optim.Optimizer:
-    case = Case(optimizer, implementation, backend, size="mlp", shapes=SHAPES, dtype="float32",
+def _build(optimizer: str, implementation: str, backend: str) -> Workload:
+    """The optimizer over SHAPES, stepped as the harness steps it: fixed dense grads, or its
+    closure (LBFGS), or sparse grads (SparseAdam, 1% of the rows)."""
+    # Muon steps matrices only (torch's refuses anything else): the MLP's weights
+    matrices_only = getattr(OPTIMIZERS[optimizer], "matrices_only", False)
+    shapes = tuple(s for s in SHAPES if len(s) == 2) if matrices_only else SHAPES
+    case = Case(optimizer, implementation, backend, size="mlp", shapes=shapes, dtype="float32",
                 device=DEVICE, flags=(), repeat=0)  # fmt: skip
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for shape in SHAPES:
-        p = torch.randn(shape, generator=gen).to(DEVICE).requires_grad_(True)
-        p.grad = torch.randn(shape, generator=gen).to(DEVICE)
-        params.append(p)
-    return make_optimizer(case, params)
+    return build_workload(case, torch.device(DEVICE), seed=0, density=0.01)
 
 
 @pytest.mark.parametrize(("optimizer", "implementation", "backend"), list(_params()))
 def test_step(benchmark, optimizer: str, implementation: str, backend: str) -> None:
     try:
-        opt = _build(optimizer, implementation, backend)
+        workload = _build(optimizer, implementation, backend)
     except RuntimeError as e:  # e.g. torch's fused on a device it has no kernel for
         pytest.skip(f"{implementation} {backend} cannot be built here: {e}")
+    opt = workload.optimizer
     for _ in range(WARMUP_STEPS):
-        opt.step()
-    step: Callable[[], None] = opt.step
+        workload.step()
+    step: Callable[[], object] = workload.step
     if DEVICE == "cuda":
 
         def step() -> None:  # the timer is on the host: wait for the kernels it launched
-            opt.step()
+            workload.step()
             torch.cuda.synchronize()
 
     numel = sum(p.numel() for g in opt.param_groups for p in g["params"])

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from tests.parity_special import lbfgs_side_by_side, sparse_adam_side_by_side
+from tests.parity_lbfgs import lbfgs_parity
+from tests.parity_special import sparse_adam_side_by_side
 from workbench.optim import OPTIMIZERS
 
 
@@ -409,7 +410,7 @@ LBFGS = OptimEntry(
         ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
-    side_by_side=lbfgs_side_by_side,
+    side_by_side=lbfgs_parity,  # per backend: see tests/parity_lbfgs.py
     closure_step=True,
     one_group=True,
 )

@@ -78,6 +78,8 @@ def test_compiled_does_not_recompile_when_lr_changes(entry: OptimEntry) -> None:
 
     if "compiled" not in entry.ours.backends:
         pytest.skip(f"{entry.name} has no compiled backend")
+    if entry.closure_step:  # its step evaluates a loss, and it compiles three graphs, not one
+        pytest.skip(f"{entry.name}: tests/test_lbfgs.py checks its graphs and a changing lr")
     torch._dynamo.reset()
     counters.clear()
     params = _with_grads(*(entry.shape(s) for s in [(4, 3), (5,)]))

@@ -235,5 +235,11 @@ def test_the_shipped_convergence_suite_loads() -> None:
     assert suite.kind == "convergence" and 0 < len(cases) <= 250
     assert {c.problem for c in cases} == {
         "rosenbrock-2d", "quadratic", "logistic-digits", "mlp-digits", "tiny-lm",
+        "matrix-factorization",
     }  # fmt: skip
     assert "Adamax" in {c.optimizer for c in cases} <= set(OPTIMIZERS)
+    # the closure and sparse-grad optimizers, each where it belongs
+    assert {c.problem for c in cases if c.optimizer == "LBFGS"} == {"rosenbrock-2d", "quadratic"}
+    on_mf = {c.optimizer for c in cases if c.problem == "matrix-factorization"}
+    assert on_mf == {"Adam", "SparseAdam"}
+    assert {c.problem for c in cases if c.optimizer == "SparseAdam"} == {"matrix-factorization"}

@@ -138,3 +138,17 @@ def test_profile_writes_a_trace(tmp_path: Path, size: str) -> None:
     assert main(["profile", str(_suite(tmp_path)), "--case", "1", "--out", str(trace)]) == 0
     assert trace.stat().st_size > 0
     assert "aten::" in trace.read_text()
+
+
+def test_profile_traces_a_closure_step_with_its_closure(tmp_path: Path) -> None:
+    suite = tmp_path / "lbfgs.toml"
+    suite.write_text(
+        TINY.format(extra_impl="", repeats=1)
+        .replace('["Adamax"]', '["LBFGS"]')
+        .replace('["forloop", "foreach"]', '["forloop"]')
+    )
+    trace = tmp_path / "trace.json"
+    assert main(["profile", str(suite), "--case", "0", "--out", str(trace)]) == 0
+    # LBFGS's step evaluates the closure: the trace holds its loss and the param update
+    text = trace.read_text()
+    assert "aten::dot" in text and "aten::add_" in text

@@ -462,9 +462,10 @@ def test_quick_suite_loads_and_stays_small() -> None:
     fused = {c.optimizer for c in cases if c.backend == "fused"}
     assert fused == {"Adam", "AdamW", "SGD", "Adagrad"}
     assert {"workbench", "torch"} <= {c.implementation for c in cases}
-    # (all but those a latency suite refuses: LBFGS needs a closure, SparseAdam sparse grads)
-    timed = {n for n, c in OPTIMIZERS.items() if not getattr(c, "latency_unsupported", None)}
-    assert {c.optimizer for c in cases} == timed
+    # every optimizer, those with a closure step (LBFGS) or sparse grads (SparseAdam) included
+    assert {c.optimizer for c in cases} == set(OPTIMIZERS)
+    assert {"LBFGS", "SparseAdam"} <= {c.optimizer for c in cases if c.implementation == "torch"}
+    assert suite.sparse.density == 0.01
 
 
 def test_gpu_suite_loads_and_spans_sizes() -> None:

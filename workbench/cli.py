@@ -166,16 +166,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from workbench.harness import launches
-    from workbench.harness.runner import _build
+    from workbench.harness.step_protocols import build_workload
     from workbench.harness.suite import load_suite
 
-    cases = load_suite(args.suite, args.set).cases()
+    suite = load_suite(args.suite, args.set)
+    cases = suite.cases()
     if not 0 <= args.case < len(cases):
         raise SystemExit(f"workbench profile: --case {args.case} is not in 0..{len(cases) - 1}")
     case = cases[args.case]
-    optimizer, _ = _build(case, torch.device(case.device), seed=0)
-    optimizer.step()
-    launches.trace(optimizer.step, torch.device(case.device), args.out)
+    device = torch.device(case.device)
+    # the step as the runner takes it: with its closure (LBFGS) or sparse grads (SparseAdam)
+    workload = build_workload(case, device, seed=0, density=suite.sparse.density)
+    workload.step()
+    launches.trace(workload.step, device, args.out)
     console.print(f"trace of {case.axes()} written to {args.out}")
     return 0
 

@@ -5,6 +5,14 @@ optimizer, and ``steps`` full steps run (loss, backward, optimizer step). Every 
 indexed by the number of steps taken: entry 0 is the start, entry k the point after k steps, so a
 finished case has ``steps + 1`` entries and one cut short by divergence fewer.
 
+A step follows the optimizer's step protocol (workbench.harness.step_protocols): a closure
+optimizer (LBFGS) takes one ``step(closure)`` per step, however many times it calls the closure
+(each call a forward and backward), and ``evals_curve`` counts those calls so that curves can be
+compared per gradient evaluation as well as per step (for every other optimizer it is 0, 1, 2,
+...); a sparse-grad optimizer (SparseAdam) differentiates the problem's loss with sparse grads,
+which only some problems offer. On a mini-batch problem a step differentiates that step's batch,
+and the recorded loss is the full-batch loss, evaluated outside the timed region.
+
 Every case is also compared with a reference run: torch.optim's class of that name, per-tensor
 (``foreach=False``), with the same flags, seed, dtype and device (the workbench's forloop backend
 for an optimizer torch.optim lacks). ``distance_curve`` is the relative distance between the two
@@ -17,6 +25,7 @@ shows a real difference from the first step on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections import OrderedDict
@@ -33,6 +42,7 @@ from workbench.problems import PROBLEMS, Problem
 from .cases import Case
 from .implementations import make_optimizer
 from .runner import CaseFailure
+from .step_protocols import CLOSURE, SPARSE, protocol_for
 from .suite import Suite
 
 # Added to the reference's norm so that a reference at the origin (Rastrigin's optimum) does not
@@ -48,6 +58,7 @@ class Steps:
     times_s: list[float]  # seconds spent in the first k steps (forward, backward, step)
     points: Tensor  # [len(losses), numel]: the params after k steps, flattened, on the CPU
     diverged_step: int | None  # the first k whose loss or params are not finite
+    evals: list[int] = dataclasses.field(default_factory=list)  # gradient evaluations in k steps
 
 
 def _sync(device: torch.device) -> None:
@@ -67,33 +78,73 @@ def run_steps(
     seed: int,
     dtype: torch.dtype,
     device: torch.device,
+    protocol: str = "dense",
 ) -> Steps:
-    """Take `steps` optimizer steps on `problem`, stopping at the first non-finite loss or param."""
+    """Take `steps` optimizer steps on `problem`, stopping at the first non-finite loss or param.
+
+    `protocol` is the optimizer's step protocol (step_protocols.PROTOCOLS).
+    """
     params = problem.make_params(seed, dtype, device)
     optimizer = make(params)
+    sparse = protocol == SPARSE
+    full_batch = problem.step_loss is None
     losses: list[float] = []
     times = [0.0]
+    evals = [0]
     points: list[Tensor] = []
     diverged = None
     for k in range(steps + 1):
         points.append(_flat(params))  # outside the timed region: recording is not the work
         last = k == steps
+        # The loss at this point: a full-batch step computes it as its first forward (timed: it is
+        # the work); a mini-batch step differentiates its batch's, so it is evaluated apart,
+        # outside the timed region, as is the last point's.
+        recorded = None
+        if last or not full_batch:
+            with torch.no_grad():
+                recorded = problem.loss(params)
         start = time.perf_counter()
-        with torch.set_grad_enabled(not last):
-            loss = problem.loss(params)
         if not last:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            objective = functools.partial(problem.training_loss, params, k, sparse)
+            loss, n = _step(optimizer, protocol, objective)
+            recorded = loss if full_batch else recorded
         _sync(device)
         elapsed = time.perf_counter() - start
-        losses.append(float(loss.detach()))
+        assert recorded is not None
+        losses.append(float(recorded.detach()))
         if not (math.isfinite(losses[-1]) and bool(torch.isfinite(points[-1]).all())):
             diverged = k
             break
         if not last:
             times.append(times[-1] + elapsed)
-    return Steps(losses, times, torch.stack(points), diverged)
+            evals.append(evals[-1] + n)
+    return Steps(losses, times, torch.stack(points), diverged, evals)
+
+
+def _step(
+    optimizer: torch.optim.Optimizer, protocol: str, objective: Callable[[], Tensor]
+) -> tuple[Tensor, int]:
+    """One optimizer step on `objective`: (the loss at the params it started from, the number of
+    times the loss and its gradient were evaluated)."""
+    if protocol != CLOSURE:
+        loss = objective()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), 1
+    losses: list[Tensor] = []
+
+    @torch.enable_grad()
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective()
+        loss.backward()
+        losses.append(loss.detach())
+        return loss
+
+    optimizer.step(closure)
+    # the first evaluation is at the params the step started from, whatever the step returns
+    return losses[0], len(losses)
 
 
 def relative_distances(points: Tensor, reference: Tensor) -> list[float]:
@@ -162,6 +213,10 @@ def run_convergence_case(
     settings = suite.convergence
     dtype = getattr(torch, case.dtype)
 
+    protocol = protocol_for(case.optimizer)  # the reference is the same optimizer: same protocol
+    if protocol == SPARSE and not problem.sparse_grads:
+        raise CaseFailure("error", f"{case.optimizer} needs sparse grads; {problem.name} has none")
+
     def run(c: Case) -> Steps:
         return run_steps(
             problem,
@@ -170,6 +225,7 @@ def run_convergence_case(
             seed=settings.seed,
             dtype=dtype,
             device=device,
+            protocol=protocol,
         )
 
     references = references or ReferenceCache(max_entries=1)
@@ -194,6 +250,8 @@ def _row(
         "seed": seed,
         "loss_curve": steps.losses,
         "loss_time_s": steps.times_s,
+        "evals_curve": steps.evals,
+        "evaluations": steps.evals[-1],
         "final_loss": steps.losses[-1],
         "best_loss": min(finite) if finite else math.nan,
         "target_loss": problem.target_loss,

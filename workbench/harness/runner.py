@@ -1,9 +1,11 @@
 """Run a suite: every case becomes one row in the run store, measured or failed, never lost.
 
 Per case: params and grads are built on the device (random normals: timing zeros would hide the
-work), the implementation builds its optimizer, and the probes the suite asks for run: latency,
-the optimizer's exact state bytes, the step's peak memory above its inputs, kernel launches, and
-achieved bandwidth against a streaming probe measured once per device in the same run.
+work) as the optimizer's step protocol asks (fixed dense grads, a closure, or sparse grads: see
+step_protocols), the implementation builds its optimizer, and the probes the suite asks for run:
+latency, the optimizer's exact state bytes, the step's peak memory above its inputs, kernel
+launches, and achieved bandwidth against a streaming probe measured once per device in the same
+run. Every probe takes the step as its protocol does (a closure step with its closure).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from workbench.results.store import RunStore
 
 from . import bandwidth, launches, memory
 from .cases import Case
-from .implementations import ImplementationError, make_optimizer
+from .implementations import ImplementationError
+from .step_protocols import DENSE, Workload, build_workload, protocol_for, timed_row_fields
 from .suite import Suite
 from .timing import time_steps
 
@@ -53,36 +56,32 @@ class CaseFailure(Exception):
         self.status = status
 
 
-def _build(case: Case, device: torch.device, seed: int) -> tuple[torch.optim.Optimizer, list]:
-    dtype = getattr(torch, case.dtype)
-    gen = torch.Generator().manual_seed(seed)
-    params = []
-    for shape in case.shapes:
-        p = torch.randn(shape, generator=gen).to(device, dtype).requires_grad_(True)
-        p.grad = torch.randn(shape, generator=gen).to(device, dtype)
-        params.append(p)
-    return make_optimizer(case, params), params
-
-
 def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
     """Measure one case; raises CaseFailure (or anything) for the caller to turn into a row."""
     device = torch.device(case.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaseFailure("skipped", "CUDA is not available on this machine")
     if case.world_size > 1:
+        if protocol_for(case.optimizer) != DENSE:
+            raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
         return run_sharded_case(case, suite, probe_bw)
-    optimizer, params = _build(case, device, seed=0)
-    copies = [(optimizer, params)]
-    nbytes = minimal_bytes(case) or 0
+
+    def build(seed: int) -> Workload:
+        return build_workload(case, device, seed, density=suite.sparse.density)
+
+    workload = build(0)
+    copies = [workload]
+    working_set = workload.working_set_bytes
     llc = cache_bytes(device)
-    if 0 < nbytes < _CACHE_MULTIPLE * llc:
-        n = min(_MAX_COPIES, math.ceil(_CACHE_MULTIPLE * llc / nbytes))
-        copies += [_build(case, device, seed=i) for i in range(1, n)]
-    steps = [opt.step for opt, _ in copies]
+    if 0 < working_set < _CACHE_MULTIPLE * llc:
+        n = min(_MAX_COPIES, math.ceil(_CACHE_MULTIPLE * llc / working_set))
+        copies += [build(seed=i) for i in range(1, n)]
+    steps = [copy.step for copy in copies]
+    returned: list[int | None] = []  # closure evaluations per step, in call order
     counter = iter(range(1 << 62))
 
     def step() -> None:
-        steps[next(counter) % len(steps)]()
+        returned.append(steps[next(counter) % len(steps)]())
 
     t = suite.timing
     timing = time_steps(
@@ -93,8 +92,9 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
         max_steps=t.max_steps,
         budget_s=t.budget_s,
     )
-    if not all(bool(torch.isfinite(p).all()) for p in params):
+    if not all(bool(torch.isfinite(p).all()) for p in workload.params):
         raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
+    nbytes = workload.minimal_bytes or 0
     row: dict[str, Any] = {
         "first_call_s": timing.first_call_s,
         "median_s": timing.median_s,
@@ -104,16 +104,18 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
         "samples_s": timing.samples_s,
         "working_set_copies": len(copies),
         "minimal_bytes": nbytes or None,
+        **workload.row,
+        **timed_row_fields(workload, returned[-len(timing.samples_s) :]),
     }
     if nbytes:
         row["achieved_bw"] = nbytes / timing.median_s
         row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
     del copies[1:], steps[1:]
     if suite.measure.memory:
-        row["state_bytes"] = memory.state_bytes(optimizer)
-        row["step_peak_bytes"] = memory.step_peak_bytes(optimizer.step, device)
+        row["state_bytes"] = memory.state_bytes(workload.optimizer)
+        row["step_peak_bytes"] = memory.step_peak_bytes(workload.step, device)
     if suite.measure.launches:
-        row["launches"] = launches.kernel_launches(optimizer.step, device)
+        row["launches"] = launches.kernel_launches(workload.step, device)
         row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
     return row
 

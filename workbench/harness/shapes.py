@@ -16,6 +16,8 @@ Two kinds of name:
   ``llama-1b-block``  one decoder block of Llama 3.2 1B: 9 tensors, 60,821,504
   ``llama-1b``        Llama 3.2 1B (16 blocks, tied embeddings, final norm): 146 tensors,
                       1,235,814,400
+  ``gpt2-embeddings`` GPT-2's token and position tables (wte, wpe): 2 tensors, 39,383,808; the
+                      params an nn.Embedding(sparse=True) model gives sparse grads (SparseAdam)
   ``mlp-2d``          a bias-free MNIST MLP, 784-256-256-256-10: 4 matrices, 334,336; for
                       optimizers of 2-D params only (Muon), which every other profile trips up
 """
@@ -66,10 +68,18 @@ def _resnet50() -> Shapes:
     return tuple(shapes)
 
 
+_GPT2 = {"vocab": 50257, "n_positions": 1024, "d": 768, "n_layer": 12}
+
+
+def _gpt2_embeddings() -> Shapes:
+    c = _GPT2
+    return ((c["vocab"], c["d"]), (c["n_positions"], c["d"]))  # wte, wpe
+
+
 def _gpt2_small() -> Shapes:
     """HF GPT2Model for config gpt2: Conv1D weights are stored (in, out)."""
-    vocab, n_positions, d, n_layer = 50257, 1024, 768, 12
-    shapes: list[Shape] = [(vocab, d), (n_positions, d)]  # wte, wpe
+    d, n_layer = _GPT2["d"], _GPT2["n_layer"]
+    shapes: list[Shape] = list(_gpt2_embeddings())
     for _ in range(n_layer):
         shapes += [
             (d,), (d,),  # ln_1
@@ -119,6 +129,7 @@ def _mlp_2d() -> Shapes:
 MODEL_PROFILES: dict[str, Callable[[], Shapes]] = {
     "resnet50": _resnet50,
     "gpt2-small": _gpt2_small,
+    "gpt2-embeddings": _gpt2_embeddings,
     "llama-1b-block": _llama_1b_block,
     "llama-1b": _llama_1b,
     "mlp-2d": _mlp_2d,

@@ -42,6 +42,10 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     launches = true                     # [true] kernel launches per step (torch.profiler)
     bandwidth_probe = true              # [true] streaming-bandwidth probe to compare against
 
+    [sparse]                            # latency suites: optimizers that take sparse grads
+    density = 0.01                      # [0.01] row indices per step, as a fraction of each
+                                        #   param's rows (0 < density <= 1; see step_protocols)
+
     [distributed]                       # cases with world_size > 1
     backend = "gloo"                    # ["gloo"]; or "nccl" (one GPU per rank; fewer: skipped)
     timeout_s = 300                     # [300] ranks still running then are killed: an error row
@@ -49,6 +53,11 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     [convergence]                       # convergence suites only ([timing] and [measure] are
     steps = 200                         #   latency's); [200] optimizer steps per case
     seed = 0                            # [0] seed of the problems' starting params
+
+Optimizers whose step needs a closure (LBFGS) or sparse grads (SparseAdam) run their step protocol
+(workbench.harness.step_protocols) in both kinds of suite. Neither can be sharded
+(``world_size`` > 1), and a sparse-grad optimizer runs only on problems that give every param a
+sparse grad (``matrix-factorization``): the suite refuses those combinations.
 
 A convergence suite has ``problems`` in place of ``sizes`` (each problem makes its own params;
 its name is the case's ``size`` too); learning rates and other hyperparameters are flags as in any
@@ -81,6 +90,7 @@ import torch
 
 from workbench.harness.cases import PEER_BACKEND, Case
 from workbench.harness.shapes import profile_shapes
+from workbench.harness.step_protocols import DENSE, SPARSE, protocol_for
 from workbench.optim import BACKENDS, OPTIMIZERS
 from workbench.problems import PROBLEMS
 
@@ -101,7 +111,7 @@ DIST_BACKENDS = ("gloo", "nccl")
 KINDS = ("latency", "convergence")
 # The axis that makes the params, and the tables that apply, per kind of suite.
 _KIND_AXIS = {"latency": "sizes", "convergence": "problems"}
-_KIND_TABLES = {"latency": ("timing", "measure"), "convergence": ("convergence",)}
+_KIND_TABLES = {"latency": ("timing", "measure", "sparse"), "convergence": ("convergence",)}
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _BARE_WORD = re.compile(r"^[\w.:+\-]+$")
@@ -146,6 +156,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "bandwidth_probe": ("a boolean", True),
     },
     "convergence": {"steps": ("an integer", 200), "seed": ("an integer", 0)},
+    "sparse": {"density": ("a number", 0.01)},
     "distributed": {"backend": ("a string", "gloo"), "timeout_s": ("a number", 300.0)},
 }
 _TABLES = (*_SCHEMA, "flags", "exclude")
@@ -184,6 +195,11 @@ class DistributedSettings:
 
 
 @dataclass(frozen=True)
+class SparseSettings:
+    density: float = 0.01  # a sparse grad's row indices per step, as a fraction of the rows
+
+
+@dataclass(frozen=True)
 class ConvergenceSettings:
     steps: int = 200
     seed: int = 0
@@ -201,6 +217,7 @@ class Suite:
     kind: str = "latency"  # one of KINDS: what run_cases measures per case
     convergence: ConvergenceSettings = field(default_factory=ConvergenceSettings)
     distributed: DistributedSettings = field(default_factory=DistributedSettings)
+    sparse: SparseSettings = field(default_factory=SparseSettings)
     _cases: tuple[Case, ...] = field(default=(), repr=False)
 
     def cases(self) -> list[Case]:
@@ -226,6 +243,7 @@ class Suite:
             "measure": asdict(self.measure),
             "convergence": asdict(self.convergence) if self.kind == "convergence" else None,
             "distributed": asdict(self.distributed),
+            "sparse": asdict(self.sparse) if self.kind == "latency" else None,
             "n_cases": len(self._cases),
             "document": self.document,
         }
@@ -384,6 +402,8 @@ class _Loader:
         self.check_timing(timing)
         convergence = ConvergenceSettings(**s["convergence"])
         self.check_convergence(convergence)
+        sparse = SparseSettings(**s["sparse"])
+        self.check_sparse(sparse)
         cases = self.expand(axes, flags, rules)
         measure = MeasureSettings(**s["measure"])
         if kind == "convergence":  # it times whole steps itself; latency's probes do not apply
@@ -400,6 +420,7 @@ class _Loader:
             distributed=self.check_distributed(s["distributed"], axes),
             kind=kind,
             convergence=convergence,
+            sparse=sparse,
         )
 
     def check_kind(self, document: dict[str, Any], kind: str) -> str:
@@ -471,9 +492,6 @@ class _Loader:
                     if value not in known:
                         hint = _did_you_mean(value, known)
                         raise self.error(where, f"unknown {what} {value!r}{hint}; known: {known}")
-                    reason = getattr(OPTIMIZERS.get(value), "latency_unsupported", None)
-                    if key == "optimizers" and kind == "latency" and reason:
-                        raise self.error(where, f"{value} cannot run in a latency suite: {reason}")
                 elif key == "implementations":
                     self.check_implementation(where, value)
                 else:
@@ -645,6 +663,13 @@ class _Loader:
         if convergence.seed < 0:
             raise self.error("convergence.seed", f"must be >= 0, got {convergence.seed}")
 
+    def check_sparse(self, sparse: SparseSettings) -> None:
+        if not 0 < sparse.density <= 1:
+            raise self.error(
+                "sparse.density",
+                f"must be in (0, 1], a fraction of each param's rows, got {sparse.density}",
+            )
+
     def check_distributed(self, given: dict[str, Any], axes: dict[str, Any]) -> DistributedSettings:
         settings = DistributedSettings(**given)
         if settings.backend not in DIST_BACKENDS:
@@ -710,6 +735,7 @@ class _Loader:
                         before += 1
                         if not any(_matches(case, rule) for rule in rules):
                             self.check_matrices(case, "axes.problems" if problems else "axes.sizes")
+                            self.check_protocol(case, "axes.problems" if problems else "axes.sizes")
                             cases.append(case)
         if not cases:
             if before:
@@ -733,6 +759,33 @@ class _Loader:
                 f"{case.size!r} has {len(others)} of {len(case.shapes)} that are not, e.g. "
                 f"{others[0]}: use a size of matrices such as 'mlp-2d', or add "
                 f"[[exclude]] optimizer = {case.optimizer!r}, size = {case.size!r}",
+            )
+
+    def check_protocol(self, case: Case, key: str) -> None:
+        """Refuse what a step protocol cannot do at all (not what merely fails on a machine)."""
+        protocol = protocol_for(case.optimizer)
+        if protocol != DENSE and case.world_size > 1:
+            raise self.error(
+                "axes.world_size",
+                f"{case.optimizer} cannot be sharded: the sharded runner steps fixed dense grads "
+                f"without a closure; add [[exclude]] optimizer = {case.optimizer!r}, "
+                f"world_size = {case.world_size}",
+            )
+        if protocol != SPARSE:
+            return
+        if case.problem is not None and not PROBLEMS[case.problem].sparse_grads:
+            sparse = [name for name, p in PROBLEMS.items() if p.sparse_grads]
+            raise self.error(
+                key,
+                f"{case.optimizer} takes sparse grads only, and problem {case.problem!r} gives "
+                f"dense ones; problems with sparse grads: {sparse}, or add [[exclude]] "
+                f"optimizer = {case.optimizer!r}, problem = {case.problem!r}",
+            )
+        if any(len(shape) == 0 for shape in case.shapes):
+            raise self.error(
+                key,
+                f"{case.optimizer} takes sparse grads, which need rows: {case.size!r} has a "
+                "0-dim param",
             )
 
 

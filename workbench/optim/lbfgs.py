@@ -21,13 +21,10 @@ State, kept on the first param as torch.optim does (so state_dicts cross over): 
 (:math:`1/y^\top s`), ``H_diag``, ``prev_flat_grad``, ``prev_loss`` and ``al`` (the first loop's
 coefficients, kept as scratch).
 
-Backends: only ``forloop`` (flat-vector math). Not ``foreach``: all the work is on one flat
-vector already. Not ``compiled``: the two-loop recursion is sequential over a history whose length
-grows from 0 to ``history_size`` and that torch keeps as Python lists (the state format); a graph
-with fixed shapes needs either a recompile per length (up to 100 by default, past dynamo's limit)
-or the history padded into a fixed (history_size, n) buffer, which breaks that format or costs a
-copy of the whole history per step. The line search is data-dependent Python control flow around
-closure calls, which graph-breaks anyway.
+Backends: ``forloop`` (flat-vector math in torch's ops and order) and ``compiled`` (the history
+in a fixed-size ring so that one graph serves every history length; see lbfgs_compiled). Not
+``foreach``: all the work is on one flat vector already. In both, the closure calls and the strong
+Wolfe line search (data-dependent Python control flow around them) run in Python.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ._optimizer import WorkbenchOptimizer
+from .lbfgs_compiled import CompiledWork, ring_for_step
 from .lbfgs_line_search import strong_wolfe
 
 Number = float | Tensor
@@ -69,15 +67,18 @@ class LBFGS(WorkbenchOptimizer):
     """L-BFGS (see the module docstring) with torch.optim.LBFGS's signature.
 
     One param group only, as torch. ``step(closure)`` needs the closure: it re-evaluates the loss
-    and its gradient many times per step. Extra keyword: ``backend`` ("forloop"; None = forloop).
+    and its gradient many times per step. Extra keyword: ``backend`` ("forloop" or "compiled";
+    None = forloop).
+
+    Memory: torch's history lists grow to ``2 * history_size * n`` elements (n: the params' total
+    size, complex ones counted twice). The compiled backend allocates those up front at its first
+    step, as two ``[history_size, n]`` buffers, plus three n-element ones (d, the previous and the
+    current flat grad); its ``state_dict()`` holds views of the buffers, and ``torch.save`` writes
+    the whole buffers, filled or not.
     """
 
-    backends = ("forloop",)
-    # why a latency suite cannot time it (workbench.harness.suite refuses it there)
-    latency_unsupported = (
-        "its step needs a closure that re-evaluates the loss (many times per step), and the "
-        "latency runner steps on fixed dense grads"
-    )
+    backends = ("forloop", "compiled")
+    needs_closure = True  # step(closure) re-evaluates the loss, many times per step
     state_names = ()
     update_functions = {}
     has_step = False
@@ -133,41 +134,18 @@ class LBFGS(WorkbenchOptimizer):
         iters = flags.get("max_iter", 20)
         return iters * (cls.tensors_read + 4 * history), iters * cls.tensors_written
 
-    # ---- the params as one flat vector --------------------------------------------------------
-
-    def _flat_grad(self) -> Tensor:
-        pieces = []
-        for p in self._params:
-            if p.grad is None:
-                g = p.new_zeros(p.numel())
-            elif p.grad.is_sparse:
-                g = p.grad.to_dense().view(-1)
-            else:
-                g = p.grad.view(-1)
-            pieces.append(torch.view_as_real(g).view(-1) if g.is_complex() else g)
-        return torch.cat(pieces)
-
-    def _move(self, t: Number, d: Tensor) -> None:
-        """x += t * d, d cut back into the params' shapes (complex ones as their real view)."""
-        offset = 0
-        for p in self._params:
-            real = torch.view_as_real(p) if p.is_complex() else p
-            n = real.numel()
-            real.add_(d[offset : offset + n].view_as(real), alpha=t)
-            offset += n
-
-    def _evaluate_along(
-        self, closure: Callable[[], Any], x: list[Tensor], t: Number, d: Tensor
-    ) -> tuple[float, Tensor]:
-        """Loss and flat grad at x + t d; the params are put back to x afterwards."""
-        self._move(t, d)
-        loss = float(closure())
-        flat_grad = self._flat_grad()
-        for p, saved in zip(self._params, x):
-            p.copy_(saved)
-        return loss, flat_grad
-
     # ---- the step -----------------------------------------------------------------------------
+
+    def _work(self, state: dict[str, Any], group: dict[str, Any]) -> ForloopWork | CompiledWork:
+        """The per-iteration tensor work of this step, in the group's backend."""
+        if self.resolve_backend(group, self._params) != "compiled":
+            return ForloopWork(self._params, state, group["history_size"])
+        # the ring outlives the step (its buffers are the state's storage), not a pickle or a
+        # deepcopy of the optimizer: then it is rebuilt from the state
+        self._ring = ring_for_step(
+            getattr(self, "_ring", None), self._params, state, group["history_size"]
+        )
+        return CompiledWork(self._ring, self._params)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
@@ -179,55 +157,31 @@ class LBFGS(WorkbenchOptimizer):
             lr = lr.squeeze()
         max_iter, max_eval = group["max_iter"], group["max_eval"]
         tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
-        history_size = group["history_size"]
 
         state = self.state[self._params[0]]
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
+        work = self._work(state, group)
 
         first_loss = closure()
         loss = float(first_loss)
         evals = 1
         state["func_evals"] += 1
-        flat_grad = self._flat_grad()
-        if flat_grad.abs().max() <= tol_grad:
+        flat_grad, grad_max = work.gather()
+        if grad_max <= tol_grad:
             return first_loss  # already optimal: state untouched past the counters
 
-        d, t = state.get("d"), state.get("t")
-        old_dirs, old_stps, ro = state.get("old_dirs"), state.get("old_stps"), state.get("ro")
-        h_diag = state.get("H_diag")
-        prev_flat_grad, prev_loss = state.get("prev_flat_grad"), state.get("prev_loss")
-
+        d, t, prev_loss = state.get("d"), state.get("t"), state.get("prev_loss")
         for it in range(1, max_iter + 1):
             state["n_iter"] += 1
-            first_ever = state["n_iter"] == 1
-            if first_ever:
-                d = flat_grad.neg()
-                old_dirs, old_stps, ro = [], [], []
-                h_diag = 1
+            if state["n_iter"] == 1:
+                d, gtd = work.first_direction(flat_grad)
+                # the very first step is scaled down by the gradient's size: no curvature yet
+                t = min(1.0, 1.0 / flat_grad.abs().sum()) * lr
             else:
-                y = flat_grad.sub(prev_flat_grad)
-                s = d.mul(t)
-                ys = y.dot(s)
-                if ys > 1e-10:  # keep only pairs of positive curvature: H stays positive definite
-                    if len(old_dirs) == history_size:
-                        del old_dirs[0], old_stps[0], ro[0]
-                    old_dirs.append(y)
-                    old_stps.append(s)
-                    ro.append(1.0 / ys)
-                    h_diag = ys / y.dot(y)
-                al = state.setdefault("al", [None] * history_size)
-                d = _two_loop(flat_grad, old_dirs, old_stps, ro, h_diag, al)
-
-            if prev_flat_grad is None:
-                prev_flat_grad = flat_grad.clone(memory_format=torch.contiguous_format)
-            else:
-                prev_flat_grad.copy_(flat_grad)
+                d, gtd = work.next_direction(flat_grad, d, t)
+                t = lr
             prev_loss = loss
-
-            # the very first step is scaled down by the gradient's size: there is no curvature yet
-            t = min(1.0, 1.0 / flat_grad.abs().sum()) * lr if first_ever else lr
-            gtd = flat_grad.dot(d)
             if gtd > -tol_change:  # not a descent direction any more
                 break
 
@@ -236,30 +190,120 @@ class LBFGS(WorkbenchOptimizer):
                     raise RuntimeError("only 'strong_wolfe' is supported")
                 x = [p.clone(memory_format=torch.contiguous_format) for p in self._params]
                 loss, flat_grad, t, ls_evals = strong_wolfe(
-                    lambda x, t, d: self._evaluate_along(closure, x, t, d),
+                    lambda x, t, d: work.evaluate_along(closure, x, t, d),
                     x, t, d, loss, flat_grad, gtd, max_ls=max_eval - evals,
                 )  # fmt: skip
-                self._move(t, d)
+                step_max = work.advance(t, d)
                 optimal = flat_grad.abs().max() <= tol_grad
             else:
-                self._move(t, d)
+                step_max = work.advance(t, d)
                 ls_evals = 0
                 optimal = False
                 if it != max_iter:  # the last iteration's loss would only be thrown away
                     loss = float(closure())
-                    flat_grad = self._flat_grad()
-                    optimal = flat_grad.abs().max() <= tol_grad
+                    flat_grad, grad_max = work.gather()
+                    optimal = grad_max <= tol_grad
                     ls_evals = 1
             evals += ls_evals
             state["func_evals"] += ls_evals
 
             if it == max_iter or evals >= max_eval or optimal:
                 break
-            if d.mul(t).abs().max() <= tol_change or abs(loss - prev_loss) < tol_change:
+            if step_max <= tol_change or abs(loss - prev_loss) < tol_change:
                 break  # no progress left to make
 
-        state.update(
-            d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag,
-            prev_flat_grad=prev_flat_grad, prev_loss=prev_loss,
-        )  # fmt: skip
+        work.save(state)
+        state.update(d=d, t=t, prev_loss=prev_loss)
         return first_loss
+
+
+class ForloopWork:
+    """The per-iteration tensor work of LBFGS.step in torch's own ops and order (the forloop
+    backend, the reference). lbfgs_compiled.CompiledWork has the same methods."""
+
+    def __init__(self, params: list[Tensor], state: dict[str, Any], history_size: int) -> None:
+        self.params = params
+        self.state = state
+        self.history_size = history_size
+        self.old_dirs, self.old_stps = state.get("old_dirs"), state.get("old_stps")
+        self.ro, self.h_diag = state.get("ro"), state.get("H_diag")
+        self.prev_flat_grad = state.get("prev_flat_grad")
+
+    def gather(self) -> tuple[Tensor, Tensor]:
+        """The params' grads as one flat vector, and its max norm."""
+        flat_grad = self._flat_grad()
+        return flat_grad, flat_grad.abs().max()
+
+    def _flat_grad(self) -> Tensor:
+        pieces = []
+        for p in self.params:
+            if p.grad is None:
+                g = p.new_zeros(p.numel())
+            elif p.grad.is_sparse:
+                g = p.grad.to_dense().view(-1)
+            else:
+                g = p.grad.view(-1)
+            pieces.append(torch.view_as_real(g).view(-1) if g.is_complex() else g)
+        return torch.cat(pieces)
+
+    def first_direction(self, flat_grad: Tensor) -> tuple[Tensor, Tensor]:
+        """d = -g, the history empty; returns d and g.d."""
+        self.old_dirs, self.old_stps, self.ro = [], [], []
+        self.h_diag = 1
+        d = flat_grad.neg()
+        self._keep_grad(flat_grad)
+        return d, flat_grad.dot(d)
+
+    def next_direction(self, flat_grad: Tensor, d: Tensor, t: Number) -> tuple[Tensor, Tensor]:
+        """The last step's (y, s) pair into the history, then d = -H g; returns d and g.d."""
+        y = flat_grad.sub(self.prev_flat_grad)
+        s = d.mul(t)
+        ys = y.dot(s)
+        if ys > 1e-10:  # keep only pairs of positive curvature: H stays positive definite
+            if len(self.old_dirs) == self.history_size:
+                del self.old_dirs[0], self.old_stps[0], self.ro[0]
+            self.old_dirs.append(y)
+            self.old_stps.append(s)
+            self.ro.append(1.0 / ys)
+            self.h_diag = ys / y.dot(y)
+        al = self.state.setdefault("al", [None] * self.history_size)
+        d = _two_loop(flat_grad, self.old_dirs, self.old_stps, self.ro, self.h_diag, al)
+        self._keep_grad(flat_grad)
+        return d, flat_grad.dot(d)
+
+    def _keep_grad(self, flat_grad: Tensor) -> None:
+        if self.prev_flat_grad is None:
+            self.prev_flat_grad = flat_grad.clone(memory_format=torch.contiguous_format)
+        else:
+            self.prev_flat_grad.copy_(flat_grad)
+
+    def move(self, t: Number, d: Tensor) -> None:
+        """x += t * d, d cut back into the params' shapes (complex ones as their real view)."""
+        offset = 0
+        for p in self.params:
+            real = torch.view_as_real(p) if p.is_complex() else p
+            n = real.numel()
+            real.add_(d[offset : offset + n].view_as(real), alpha=t)
+            offset += n
+
+    def advance(self, t: Number, d: Tensor) -> Tensor:
+        """x += t * d; returns max |t d| (the no-progress check's)."""
+        self.move(t, d)
+        return d.mul(t).abs().max()
+
+    def evaluate_along(
+        self, closure: Callable[[], Any], x: list[Tensor], t: Number, d: Tensor
+    ) -> tuple[float, Tensor]:
+        """Loss and flat grad at x + t d; the params are put back to x afterwards."""
+        self.move(t, d)
+        loss = float(closure())
+        flat_grad = self._flat_grad()
+        for p, saved in zip(self.params, x):
+            p.copy_(saved)
+        return loss, flat_grad
+
+    def save(self, state: dict[str, Any]) -> None:
+        state.update(
+            old_dirs=self.old_dirs, old_stps=self.old_stps, ro=self.ro, H_diag=self.h_diag,
+            prev_flat_grad=self.prev_flat_grad,
+        )  # fmt: skip

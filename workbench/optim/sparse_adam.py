@@ -78,11 +78,7 @@ class SparseAdam(WorkbenchOptimizer):
     """
 
     backends = ("forloop",)
-    # why a latency suite cannot time it (workbench.harness.suite refuses it there)
-    latency_unsupported = (
-        "it needs sparse-layout grads (nn.Embedding(sparse=True)), and the latency runner "
-        "gives dense ones"
-    )
+    sparse_grads = True  # it refuses dense grads: the harness gives it nn.Embedding-like ones
     state_names = ("exp_avg", "exp_avg_sq")
     update_functions = {"forloop": _sparse_adam_forloop}
     elementwise = False  # complex params are refused

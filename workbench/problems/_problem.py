@@ -5,6 +5,12 @@ in every process, so that any two optimizer implementations stepping it with the
 hyperparameters can be compared step by step. Data problems are therefore full-batch over a fixed
 data set made from a fixed seed (no downloads), and ``make_params`` starts from the same point for
 a given seed whatever the dtype (drawn in float32 on the CPU, then cast and moved).
+
+A mini-batch problem keeps that contract for what is recorded (``loss`` is still the full-batch
+loss) and adds ``step_loss(params, k, sparse)``: the loss a training step differentiates at step
+k, over the k-th batch of a fixed schedule, so that every implementation sees the same batches.
+``sparse=True`` there gives every param a sparse-layout grad (``nn.Embedding(sparse=True)``), for
+optimizers that take nothing else (SparseAdam); the others get dense grads of the same loss.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import Tensor
 
 ParamsFactory = Callable[[int, torch.dtype, torch.device], list[Tensor]]
 LossFunction = Callable[[Sequence[Tensor]], Tensor]
+StepLossFunction = Callable[[Sequence[Tensor], int, bool], Tensor]  # (params, step, sparse)
 OptimumFactory = Callable[[torch.dtype, torch.device], list[Tensor]]
 
 
@@ -39,6 +46,16 @@ class Problem:
     target_loss: float
     optimum_loss: float | None = None
     optimum: OptimumFactory | None = None
+    step_loss: StepLossFunction | None = None  # mini-batch problems; None: steps on `loss`
+    sparse_grads: bool = False  # whether step_loss(..., sparse=True) gives every param one
+
+    def training_loss(self, params: Sequence[Tensor], step: int, sparse: bool) -> Tensor:
+        """The loss step `step` differentiates (`sparse`: sparse-layout grads, where offered)."""
+        if sparse and not self.sparse_grads:
+            raise ValueError(f"problem {self.name!r} gives dense grads only")
+        if self.step_loss is None:
+            return self.loss(params)
+        return self.step_loss(params, step, sparse)
 
     @cached_property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
