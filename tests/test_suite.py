@@ -16,13 +16,8 @@ import pytest
 
 from workbench.harness.cases import Case
 from workbench.harness.shapes import UnknownProfileError, known_profiles, profile_shapes
-from workbench.harness.suite import (
-    SuiteError,
-    TimingSettings,
-    implementation_backends,
-    load_suite,
-    torch_backends,
-)
+from workbench.harness.suite import SuiteError, TimingSettings, load_suite
+from workbench.harness.suite_loader import implementation_backends, torch_backends
 from workbench.optim import OPTIMIZERS, Adamax
 
 ROOT = Path(__file__).resolve().parents[1]

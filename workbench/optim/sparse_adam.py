@@ -55,19 +55,35 @@ def _sparse_adam_forloop(
         values = grad._values()
         if values.numel() == 0:
             continue
-        # one index tensor per sparse dim: advanced indexing reads and writes just those entries,
-        # whatever the param's strides
+        # one index tensor per sparse dim: advanced indexing reads just those entries, whatever
+        # the param's strides
         where = tuple(grad._indices())
-        m_old, v_old = exp_avg[where], exp_avg_sq[where]
-        m_delta = values.sub(m_old).mul_(1 - beta1)
-        v_delta = values.pow(2).sub_(v_old).mul_(1 - beta2)
-        # the new moments are old + delta; accumulate=True adds in place (the indices are unique)
-        exp_avg.index_put_(where, m_delta, accumulate=True)
-        exp_avg_sq.index_put_(where, v_delta, accumulate=True)
-        m_new = m_delta.add_(m_old)
-        denom = v_delta.add_(v_old).sqrt_().add_(eps)
+        m_old, v_old = _read_rows(exp_avg, where), _read_rows(exp_avg_sq, where)
+        # old + delta, as torch's dense.add_(sparse) forms it: the same bits, written back whole
+        # (the coalesced indices are unique) rather than accumulated, which on CPU is a serial
+        # loop. Each row block is written as soon as it is final and then reused in place: a
+        # fresh temporary of a few MB costs its page faults on every step.
+        m_new = values.sub(m_old).mul_(1 - beta1).add_(m_old)
+        _write_rows(exp_avg, where, m_new)
+        v_new = values.pow(2).sub_(v_old).mul_(1 - beta2).add_(v_old)
+        _write_rows(exp_avg_sq, where, v_new)
+        denom = v_new.sqrt_().add_(eps)
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        param.index_put_(where, -step_size * m_new.div_(denom), accumulate=True)
+        update = m_new.div_(denom).mul_(-step_size)
+        _write_rows(param, where, update.add_(_read_rows(param, where)))
+
+
+def _read_rows(tensor: Tensor, where: tuple[Tensor, ...]) -> Tensor:
+    # rows of an embedding table: index_select is a plain gather, several times faster on CPU
+    # than advanced indexing's general kernel
+    return tensor.index_select(0, where[0]) if len(where) == 1 else tensor[where]
+
+
+def _write_rows(tensor: Tensor, where: tuple[Tensor, ...], values: Tensor) -> None:
+    if len(where) == 1:
+        tensor.index_copy_(0, where[0], values)  # rows of an embedding table: one parallel copy
+    else:
+        tensor.index_put_(where, values)
 
 
 class SparseAdam(WorkbenchOptimizer):
