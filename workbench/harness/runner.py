@@ -14,6 +14,8 @@ import gc
 import math
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from .cases import Case
 from .implementations import ImplementationError
 from .step_protocols import DENSE, Workload, build_workload, protocol_for, timed_row_fields
 from .suite import Suite
-from .timing import time_steps
+from .timing import Timing, time_steps
 
 # A working set smaller than this many times the last-level cache is replicated and the copies
 # stepped in turn, so each timed step streams from memory as a real model's step would.
@@ -56,15 +58,34 @@ class CaseFailure(Exception):
         self.status = status
 
 
-def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
-    """Measure one case; raises CaseFailure (or anything) for the caller to turn into a row."""
-    device = torch.device(case.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+@dataclass
+class PreparedCase:
+    """A case's workload (and its cache-defeating copies), ready to be timed: ``step`` takes the
+    next copy's step and remembers what it returned (closure evaluations)."""
+
+    case: Case
+    device: torch.device
+    workload: Workload
+    copies: list[Workload]
+    returned: list[int | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._steps = [copy.step for copy in self.copies]
+        self._counter = iter(range(1 << 62))
+
+    def step(self) -> None:
+        self.returned.append(self._steps[next(self._counter) % len(self._steps)]())
+
+
+def check_runnable(case: Case) -> None:
+    """Raise CaseFailure for a case this machine cannot run (before anything is built)."""
+    if case.device == "cuda" and not torch.cuda.is_available():
         raise CaseFailure("skipped", "CUDA is not available on this machine")
-    if case.world_size > 1:
-        if protocol_for(case.optimizer) != DENSE:
-            raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
-        return run_sharded_case(case, suite, probe_bw)
+
+
+def prepare_case(case: Case, suite: Suite) -> PreparedCase:
+    """Build the case's workload, replicated while its working set would fit the cache."""
+    device = torch.device(case.device)
 
     def build(seed: int) -> Workload:
         return build_workload(case, device, seed, density=suite.sparse.density)
@@ -76,22 +97,14 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
     if 0 < working_set < _CACHE_MULTIPLE * llc:
         n = min(_MAX_COPIES, math.ceil(_CACHE_MULTIPLE * llc / working_set))
         copies += [build(seed=i) for i in range(1, n)]
-    steps = [copy.step for copy in copies]
-    returned: list[int | None] = []  # closure evaluations per step, in call order
-    counter = iter(range(1 << 62))
+    return PreparedCase(case, device, workload, copies)
 
-    def step() -> None:
-        returned.append(steps[next(counter) % len(steps)]())
 
-    t = suite.timing
-    timing = time_steps(
-        step,
-        device,
-        warmup_s=t.warmup_s,
-        min_steps=t.min_steps,
-        max_steps=t.max_steps,
-        budget_s=t.budget_s,
-    )
+def finish_case(
+    prepared: PreparedCase, timing: Timing, suite: Suite, probe_bw: float | None
+) -> dict[str, Any]:
+    """The case's row from its timing, then the memory and launch probes (untimed)."""
+    workload, device = prepared.workload, prepared.device
     if not all(bool(torch.isfinite(p).all()) for p in workload.params):
         raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
     nbytes = workload.minimal_bytes or 0
@@ -102,15 +115,16 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
         "min_s": min(timing.samples_s),
         "n_samples": len(timing.samples_s),
         "samples_s": timing.samples_s,
-        "working_set_copies": len(copies),
+        "working_set_copies": len(prepared.copies),
         "minimal_bytes": nbytes or None,
         **workload.row,
-        **timed_row_fields(workload, returned[-len(timing.samples_s) :]),
+        **timed_row_fields(workload, prepared.returned[-len(timing.samples_s) :]),
     }
     if nbytes:
         row["achieved_bw"] = nbytes / timing.median_s
         row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
-    del copies[1:], steps[1:]
+    del prepared.copies[1:]
+    prepared._steps = prepared._steps[:1]
     if suite.measure.memory:
         row["state_bytes"] = memory.state_bytes(workload.optimizer)
         row["step_peak_bytes"] = memory.step_peak_bytes(workload.step, device)
@@ -118,6 +132,26 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
         row["launches"] = launches.kernel_launches(workload.step, device)
         row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
     return row
+
+
+def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
+    """Measure one case; raises CaseFailure (or anything) for the caller to turn into a row."""
+    check_runnable(case)
+    if case.world_size > 1:
+        if protocol_for(case.optimizer) != DENSE:
+            raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
+        return run_sharded_case(case, suite, probe_bw)
+    prepared = prepare_case(case, suite)
+    t = suite.timing
+    timing = time_steps(
+        prepared.step,
+        prepared.device,
+        warmup_s=t.warmup_s,
+        min_steps=t.min_steps,
+        max_steps=t.max_steps,
+        budget_s=t.budget_s,
+    )
+    return finish_case(prepared, timing, suite, probe_bw)
 
 
 def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
@@ -176,41 +210,68 @@ def run_cases(
 ) -> None:
     """Run the cases the store does not hold yet, appending one row per case as it finishes.
 
-    The suite's kind says what a case measures: step latency (run_case) or convergence on a test
-    problem (run_convergence_case, whose reference runs are shared by the cases of one run).
+    The suite's kind says what a case measures: step latency (run_case, or run_interleaved for
+    a group of cases timed side by side when ``[timing] interleave`` is on) or convergence on a
+    test problem (run_convergence_case, whose reference runs are shared by the cases of one run).
     """
     from .convergence import ReferenceCache, run_convergence_case  # it imports CaseFailure
+    from .interleave import interleave_groups, run_interleaved  # it imports this module
 
     done = store.done_case_ids()
+    pending = [case for case in cases if case.case_id not in done]
     probes: dict[str, float | None] = dict(store.manifest.get("stream_bandwidth", {}))
     references = ReferenceCache()
-    for case in cases:
-        if case.case_id in done:
-            continue
-        row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
+    interleave = suite.kind == "latency" and suite.timing.interleave
+    for unit in interleave_groups(pending) if interleave else [[case] for case in pending]:
+        device = unit[0].device
+        outcomes: list[tuple[Case, Callable[[], dict[str, Any]]]]
         try:
-            if suite.measure.bandwidth_probe and case.device not in probes:
-                probes[case.device] = _probe(case.device)
+            if suite.measure.bandwidth_probe and device not in probes:
+                probes[device] = _probe(device)
                 store.manifest["stream_bandwidth"] = probes
                 store.write_manifest()
-            if suite.kind == "convergence":
-                row.update(run_convergence_case(case, suite, references))
+        except Exception as e:  # the probe's failure is each case's row, as any other
+            outcomes = [(case, _reraise(e)) for case in unit]
+        else:
+            probe = probes.get(device)
+            if len(unit) > 1:
+                outcomes = run_interleaved(unit, suite, probe)
+            elif suite.kind == "convergence":
+                outcomes = [(unit[0], partial(run_convergence_case, unit[0], suite, references))]
             else:
-                row.update(run_case(case, suite, probes.get(case.device)))
-            # a diverged convergence case returns its status, to keep its curve in the row
-            row.setdefault("status", "ok")
-            row.setdefault("error", None)
-        except (CaseFailure, ImplementationError) as e:
-            row["status"], row["error"] = e.status, str(e)
-        except torch.OutOfMemoryError as e:
-            row["status"], row["error"] = "oom", str(e).splitlines()[0]
-        except Exception as e:  # a failing case is a row; the sweep goes on
-            row["status"] = "error"
-            row["error"] = f"{type(e).__name__}: {e}"
-            row["traceback"] = traceback.format_exc(limit=8)
-        _release(case.device)
-        store.append(row)
-        on_case_done(case, row)
+                outcomes = [(unit[0], partial(run_case, unit[0], suite, probe))]
+        for case, outcome in outcomes:
+            row = _row(case, outcome)
+            store.append(row)
+            on_case_done(case, row)
+        del outcomes
+        _release(device)
+
+
+def _row(case: Case, outcome: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The case's row: what `outcome` measured, or the failure it raised."""
+    row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
+    try:
+        row.update(outcome())
+        # a diverged convergence case returns its status, to keep its curve in the row
+        row.setdefault("status", "ok")
+        row.setdefault("error", None)
+    except (CaseFailure, ImplementationError) as e:
+        row["status"], row["error"] = e.status, str(e)
+    except torch.OutOfMemoryError as e:
+        row["status"], row["error"] = "oom", str(e).splitlines()[0]
+    except Exception as e:  # a failing case is a row; the sweep goes on
+        row["status"] = "error"
+        row["error"] = f"{type(e).__name__}: {e}"
+        row["traceback"] = traceback.format_exc(limit=8)
+    return row
+
+
+def _reraise(error: Exception) -> Callable[[], dict[str, Any]]:
+    def outcome() -> dict[str, Any]:
+        raise error
+
+    return outcome
 
 
 def _probe(device: str) -> float | None:

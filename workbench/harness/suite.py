@@ -36,6 +36,9 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     min_steps = 20                      # [20]  timed steps at least ...
     max_steps = 1000                    # [1000] ... at most ...
     budget_s = 2.0                      # [2.0] ... and until this much time is spent
+    interleave = false                  # [false] time the implementations and backends of one
+                                        #   optimizer/size/dtype/flags in alternating rounds, so
+                                        #   interference on a shared machine hits them alike
 
     [measure]                           # what to measure besides latency
     memory = true                       # [true] peak memory of a step, exact state bytes
@@ -142,6 +145,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "min_steps": ("an integer", 20),
         "max_steps": ("an integer", 1000),
         "budget_s": ("a number", 2.0),
+        "interleave": ("a boolean", False),
     },
     "measure": {
         "memory": ("a boolean", True),
@@ -172,6 +176,9 @@ class TimingSettings:
     min_steps: int = 20
     max_steps: int = 1000
     budget_s: float = 2.0
+    # time the cases that compare with each other (one optimizer, size, dtype, device, flags)
+    # side by side, in alternating rounds (workbench.harness.interleave)
+    interleave: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""Interleaved timing: rounds that give every step the same stretch of machine time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from workbench.cli import main
+from workbench.harness.cases import Case
+from workbench.harness.interleave import interleave_groups
+from workbench.harness.timing import Timing, time_interleaved
+from workbench.results import load
+
+CPU = torch.device("cpu")
+
+
+def test_rounds_take_one_step_each_in_a_rotating_order() -> None:
+    log: list[str] = []
+    steps = [lambda name=name: log.append(name) for name in "abc"]
+    results = time_interleaved(steps, CPU, warmup_s=0.0, min_steps=4, max_steps=4, budget_s=0.0)
+    assert all(isinstance(r, Timing) and len(r.samples_s) == 4 for r in results)
+    timed = log[3:]  # after the three first calls (no warm-up rounds at warmup_s=0)
+    rounds = [timed[i : i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a"]  # who goes first rotates
+
+
+def test_a_step_that_fails_drops_out_and_the_others_go_on() -> None:
+    calls = {"ok": 0, "bad": 0}
+
+    def ok() -> None:
+        calls["ok"] += 1
+
+    def bad() -> None:
+        calls["bad"] += 1
+        if calls["bad"] > 2:
+            raise RuntimeError("step 3 fails")
+
+    results = time_interleaved([ok, bad], CPU, warmup_s=0.0, min_steps=5, max_steps=5, budget_s=0)
+    assert isinstance(results[0], Timing) and len(results[0].samples_s) == 5
+    assert isinstance(results[1], RuntimeError) and calls["bad"] == 3
+
+
+def _case(impl: str, backend: str, size: str = "2x1k", world_size: int = 1) -> Case:
+    return Case("Adamax", impl, backend, size, ((1000,), (1000,)), "float32", "cpu", (), 0,
+                world_size=world_size)  # fmt: skip
+
+
+def test_groups_hold_the_cases_that_compare_and_leave_sharded_ones_alone() -> None:
+    cases = [
+        _case("workbench", "forloop"),
+        _case("workbench", "forloop", size="3x1k"),
+        _case("torch", "foreach"),
+        _case("workbench", "foreach", world_size=2),
+    ]
+    groups = interleave_groups(cases)
+    assert [[c.case_id for c in g] for g in groups] == [
+        [cases[0].case_id, cases[2].case_id],
+        [cases[1].case_id],
+        [cases[3].case_id],
+    ]
+
+
+SUITE = """
+[suite]
+name = "side-by-side"
+[axes]
+optimizers = ["Adamax"]
+implementations = ["workbench", "torch", "no_such_module:factory"]
+backends = ["forloop", "foreach"]
+sizes = ["3x4k"]
+[timing]
+warmup_s = 0.01
+min_steps = 3
+max_steps = 5
+budget_s = 0.01
+interleave = true
+[measure]
+memory = true
+launches = false
+bandwidth_probe = false
+"""
+
+
+def test_an_interleaved_run_gives_every_case_its_row(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 0
+    (run,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    df = load(run)
+    ok = df[df["status"] == "ok"]
+    assert len(df) == 5 and len(ok) == 4  # the unimportable peer is an error row, not a crash
+    assert (ok["interleaved_with"] == 4).all()
+    assert (ok["n_samples"] >= 3).all() and (ok["median_s"] > 0).all()
+    assert (ok["state_bytes"] == 2 * 3 * 4000 * 4 + 3 * 4).all()
+    assert df.loc[df["status"] != "ok", "error"].str.contains("no_such_module").all()
