@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .cases import Case
-from .runner import check_runnable, finish_case, minimal_bytes, prepare_case
+from .runner import check_runnable, failed_outcome, finish_case, minimal_bytes, prepare_case
 from .suite import Suite
 from .timing import time_interleaved
 
@@ -67,7 +67,7 @@ def run_interleaved(
             check_runnable(case)
             prepared.append(prepare_case(case, suite))
         except Exception as e:
-            outcomes[case.case_id] = _raising(e)
+            outcomes[case.case_id] = failed_outcome(e)
     if prepared:
         t = suite.timing
         timings = time_interleaved(
@@ -80,22 +80,15 @@ def run_interleaved(
         )
         for p, timing in zip(prepared, timings):
             if isinstance(timing, Exception):
-                outcomes[p.case.case_id] = _raising(timing)
+                outcomes[p.case.case_id] = failed_outcome(timing)
                 continue
             try:
                 row = finish_case(p, timing, suite, probe_bw)
                 row["interleaved_with"] = len(prepared)
                 outcomes[p.case.case_id] = _returning(row)
             except Exception as e:
-                outcomes[p.case.case_id] = _raising(e)
+                outcomes[p.case.case_id] = failed_outcome(e)
     return [(case, outcomes[case.case_id]) for case in cases]
-
-
-def _raising(error: Exception) -> Outcome:
-    def outcome() -> dict[str, Any]:
-        raise error
-
-    return outcome
 
 
 def _returning(row: dict[str, Any]) -> Outcome:

@@ -76,6 +76,10 @@ class PreparedCase:
     def step(self) -> None:
         self.returned.append(self._steps[next(self._counter) % len(self._steps)]())
 
+    def drop_copies(self) -> None:
+        """Free the copies once timed: the probes that follow step the first one only."""
+        del self.copies[1:], self._steps[1:]
+
 
 def check_runnable(case: Case) -> None:
     """Raise CaseFailure for a case this machine cannot run (before anything is built)."""
@@ -123,8 +127,7 @@ def finish_case(
     if nbytes:
         row["achieved_bw"] = nbytes / timing.median_s
         row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
-    del prepared.copies[1:]
-    prepared._steps = prepared._steps[:1]
+    prepared.drop_copies()
     if suite.measure.memory:
         row["state_bytes"] = memory.state_bytes(workload.optimizer)
         row["step_peak_bytes"] = memory.step_peak_bytes(workload.step, device)
@@ -231,7 +234,7 @@ def run_cases(
                 store.manifest["stream_bandwidth"] = probes
                 store.write_manifest()
         except Exception as e:  # the probe's failure is each case's row, as any other
-            outcomes = [(case, _reraise(e)) for case in unit]
+            outcomes = [(case, failed_outcome(e)) for case in unit]
         else:
             probe = probes.get(device)
             if len(unit) > 1:
@@ -267,7 +270,9 @@ def _row(case: Case, outcome: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _reraise(error: Exception) -> Callable[[], dict[str, Any]]:
+def failed_outcome(error: Exception) -> Callable[[], dict[str, Any]]:
+    """An outcome that raises `error` when its row is built (see _row)."""
+
     def outcome() -> dict[str, Any]:
         raise error
 
