@@ -31,6 +31,7 @@ from tests.parity_special import (
     _closure,
     _least_squares_mlp,
     _rosenbrock,
+    assert_same_loss_and_params,
     assert_same_state,
     lbfgs_side_by_side,
 )
@@ -62,9 +63,7 @@ def compiled_side_by_side(entry: Any, config: dict, dtype: torch.dtype) -> None:
             got = ours.step(_closure(ours, loss_fn))
             want = ref.step(_closure(ref, ref_loss_fn))
             where = f"{make.__name__}, step {i} from torch's state"
-            torch.testing.assert_close(got, want, msg=lambda m, w=where: f"loss {w}: {m}")
-            for n, (p, q) in enumerate(zip(params, ref_params)):
-                torch.testing.assert_close(p, q, msg=lambda m, n=n, w=where: f"param {n} {w}: {m}")
+            assert_same_loss_and_params(got, want, params, ref_params, where)
             mine, theirs = ours.state[params[0]], ref.state[ref_params[0]]
             assert_same_lbfgs_state(mine, theirs, where, al_values=not one_iteration)
 

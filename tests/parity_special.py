@@ -71,10 +71,20 @@ def lbfgs_side_by_side(entry: Any, backend: str, config: dict, dtype: torch.dtyp
             got = ours.step(_closure(ours, loss_fn))
             want = ref.step(_closure(ref, ref_loss_fn))
             where = f"{make.__name__} after step {i}"
-            torch.testing.assert_close(got, want, msg=lambda m, w=where: f"loss {w}: {m}")
-            for n, (p, q) in enumerate(zip(params, ref_params)):
-                torch.testing.assert_close(p, q, msg=lambda m, n=n, w=where: f"param {n} {w}: {m}")
+            assert_same_loss_and_params(got, want, params, ref_params, where)
             assert_same_state(ours.state[params[0]], ref.state[ref_params[0]], where)
+
+
+def assert_same_loss_and_params(
+    got: torch.Tensor,
+    want: torch.Tensor,
+    params: list[torch.Tensor],
+    ref_params: list[torch.Tensor],
+    where: str,
+) -> None:
+    torch.testing.assert_close(got, want, msg=lambda m: f"loss {where}: {m}")
+    for n, (p, q) in enumerate(zip(params, ref_params)):
+        torch.testing.assert_close(p, q, msg=lambda m, n=n: f"param {n} {where}: {m}")
 
 
 def _closure(opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]) -> Callable:
