@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._backends import DEVICE_STEP_BACKENDS
+from ._foreach import foreach_grads
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 from .sgd import _check_fused_flags
@@ -83,14 +84,7 @@ def _adagrad_foreach(
     # Two temporary lists the size of the grads at most: the effective gradient (only when
     # maximize or weight_decay change it) and the denominator.
     torch._foreach_add_(steps, 1.0)
-    if maximize:
-        g = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            torch._foreach_add_(g, params, alpha=weight_decay)
-    elif weight_decay != 0:
-        g = torch._foreach_add(grads, params, alpha=weight_decay)
-    else:
-        g = grads
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=weight_decay)
     torch._foreach_addcmul_(state_sums, g, g, value=1)
     std = torch._foreach_sqrt(state_sums)
     torch._foreach_add_(std, eps)

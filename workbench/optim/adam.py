@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._foreach import foreach_grads
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 
@@ -170,18 +171,11 @@ def _adam_foreach(
 
     # g is the caller's grads when nothing changes them; otherwise one temporary list, freed
     # before the denominator's: one param-sized temporary at a time.
-    if maximize:
-        g = torch._foreach_neg(grads)
-    else:
-        g = grads
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            decay = 1 - lr * weight_decay
-            torch._foreach_mul_(params, decay.to(device) if isinstance(decay, Tensor) else decay)
-        elif g is grads:
-            g = torch._foreach_add(grads, params, alpha=weight_decay)
-        else:
-            torch._foreach_add_(g, params, alpha=weight_decay)
+    coupled_decay = 0 if decoupled_weight_decay else weight_decay
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=coupled_decay)
+    if decoupled_weight_decay and weight_decay != 0:
+        decay = 1 - lr * weight_decay
+        torch._foreach_mul_(params, decay.to(device) if isinstance(decay, Tensor) else decay)
     if isinstance(b1, Tensor):
         # a list of 0-dim weights: the Scalar overload would read a tensor weight on the host
         torch._foreach_lerp_(exp_avgs, g, [1 - b1] * len(params))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._foreach import foreach_grads
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
@@ -85,14 +86,7 @@ def _adamax_foreach(
     # One temporary list the size of the grads is the only extra memory: it holds the effective
     # gradient, then |g| + eps, then (on the capturable path) the denominator.
     torch._foreach_add_(steps, 1.0)
-    if maximize:
-        g = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            torch._foreach_add_(g, params, alpha=weight_decay)
-    elif weight_decay != 0:
-        g = torch._foreach_add(grads, params, alpha=weight_decay)
-    else:
-        g = grads
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=weight_decay)
     torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
     torch._foreach_mul_(exp_infs, beta2)
     if g is grads:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
+from ._foreach import foreach_grads
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
@@ -129,14 +130,10 @@ def _nadam_foreach(
     differentiable: bool,
 ) -> None:
     torch._foreach_add_(steps, 1.0)
-    g = torch._foreach_neg(grads) if maximize else grads
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        elif g is grads:
-            g = torch._foreach_add(grads, params, alpha=weight_decay)
-        else:
-            torch._foreach_add_(g, params, alpha=weight_decay)
+    coupled_decay = 0 if decoupled_weight_decay else weight_decay
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=coupled_decay)
+    if decoupled_weight_decay and weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
     torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)

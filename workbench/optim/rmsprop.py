@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._foreach import foreach_grads
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -107,14 +108,7 @@ def _rmsprop_foreach(
     # Temporaries: the effective gradient (only when maximize or weight_decay change it) and the
     # denominator, one list the size of the grads each.
     torch._foreach_add_(steps, 1.0)
-    if maximize:
-        g = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            torch._foreach_add_(g, params, alpha=weight_decay)
-    elif weight_decay != 0:
-        g = torch._foreach_add(grads, params, alpha=weight_decay)
-    else:
-        g = grads
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=weight_decay)
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, g, g, value=1 - alpha)
     if centered:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._foreach import foreach_grads
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -90,14 +91,7 @@ def _sgd_foreach(
 ) -> None:
     weight_decay = float(weight_decay)
     # g is the caller's grads when nothing changes them; otherwise one temporary list, reused.
-    if maximize:
-        g = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            torch._foreach_add_(g, params, alpha=weight_decay)
-    elif weight_decay != 0:
-        g = torch._foreach_add(grads, params, alpha=weight_decay)
-    else:
-        g = grads
+    g = foreach_grads(grads, params, maximize=maximize, weight_decay=weight_decay)
 
     if momentum != 0:
         old = [i for i, b in enumerate(momentum_buffers) if b is not None]
