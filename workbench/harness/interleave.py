@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .cases import Case
-from .runner import check_runnable, failed_outcome, finish_case, minimal_bytes, prepare_case
+from .runner import check_runnable, failed_outcome, finish_case, prepare_case
+from .step_protocols import class_minimal_bytes
 from .suite import Suite
 from .timing import time_interleaved
 
@@ -39,9 +40,8 @@ def interleave_groups(cases: Iterable[Case]) -> list[list[Case]]:
         groups.setdefault(key, []).append(case)
     units: list[list[Case]] = []
     for group in groups.values():
-        fits = sum(minimal_bytes(c) or 0 for c in group) <= _MEMORY_FRACTION * _device_memory(
-            group[0]
-        )
+        held = sum(class_minimal_bytes(c) for c in group)  # ~ params, grads and state, once each
+        fits = held <= _MEMORY_FRACTION * _device_memory(group[0])
         units += [group] if len(group) > 1 and fits else [[c] for c in group]
     return units
 

@@ -20,13 +20,19 @@ from typing import Any
 
 import torch
 
-from workbench.optim import OPTIMIZERS
 from workbench.results.store import RunStore
 
 from . import bandwidth, launches, memory
 from .cases import Case
 from .implementations import ImplementationError
-from .step_protocols import DENSE, Workload, build_workload, protocol_for, timed_row_fields
+from .step_protocols import (
+    DENSE,
+    Workload,
+    build_workload,
+    class_minimal_bytes,
+    protocol_for,
+    timed_row_fields,
+)
 from .suite import Suite
 from .timing import Timing, time_steps
 
@@ -41,15 +47,6 @@ def cache_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).L2_cache_size)
     return bandwidth.last_level_cache_bytes() or 32 << 20
-
-
-def minimal_bytes(case: Case) -> int | None:
-    cls = OPTIMIZERS.get(case.optimizer)
-    return (
-        cls.minimal_bytes(case.numel, getattr(torch, case.dtype), **dict(case.flags))
-        if cls
-        else None
-    )
 
 
 class CaseFailure(Exception):
@@ -189,7 +186,7 @@ def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[s
         except LaunchError as e:
             raise CaseFailure(e.status, str(e)) from None
         row: dict[str, Any] = json.loads(out.read_text())
-    nbytes = minimal_bytes(case) or 0
+    nbytes = class_minimal_bytes(case)
     row["minimal_bytes"] = nbytes or None
     row["distributed_backend"] = suite.distributed.backend
     if nbytes:

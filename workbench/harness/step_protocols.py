@@ -100,7 +100,7 @@ def build_workload(case: Case, device: torch.device, seed: int, *, density: floa
         p.grad = _randn(shape, gen, device, dtype)
         params.append(p)
     optimizer = make_optimizer(case, params)
-    nbytes = _class_minimal_bytes(case)
+    nbytes = class_minimal_bytes(case)
     return Workload(DENSE, optimizer, params, optimizer.step, nbytes, nbytes)
 
 
@@ -124,7 +124,8 @@ def _randn(
     return torch.randn(shape, generator=gen).to(device, dtype)
 
 
-def _class_minimal_bytes(case: Case) -> int:
+def class_minimal_bytes(case: Case) -> int:
+    """The optimizer class's traffic floor for the case's dense params (its minimal_bytes)."""
     cls = OPTIMIZERS[case.optimizer]
     return int(cls.minimal_bytes(case.numel, getattr(torch, case.dtype), **case.kwargs()))
 
@@ -164,7 +165,7 @@ def _closure_workload(case: Case, params: list[Tensor], gen: torch.Generator) ->
 
     # The class's traffic model (LBFGS: max_iter iterations over a full history) decides on
     # copies only: it is an upper bound, not a floor, so it is not the bandwidth's numerator.
-    return Workload(CLOSURE, optimizer, params, step, _class_minimal_bytes(case), None)
+    return Workload(CLOSURE, optimizer, params, step, class_minimal_bytes(case), None)
 
 
 def _sparse_workload(
