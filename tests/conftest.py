@@ -14,6 +14,21 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# The fused backend has two CPU implementations for the optimizers with a C kernel: the C kernel
+# (what a CPU user runs) and the Triton kernel under the interpreter (what a GPU user runs, checked
+# here). Tests of the fused backend run both: the second marked `fused_triton`.
+FUSED_CPU_PATHS = [
+    pytest.param("native", id="native"),
+    pytest.param("triton", id="triton", marks=pytest.mark.fused_triton),
+]
+
+
+@pytest.fixture(autouse=True)
+def _fused_cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send CPU tensors of a `fused_triton` test to the Triton kernels, not the C ones."""
+    if request.node.get_closest_marker("fused_triton") is not None:
+        monkeypatch.setenv("WORKBENCH_FUSED_CPU", "triton")
+
 
 def _second_tier_compiled_parity(item: pytest.Item) -> bool:
     """Compiled-backend parity cases beyond the first tier `make test` runs.

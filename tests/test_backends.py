@@ -7,9 +7,11 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import FUSED_CPU_PATHS
 from tests.optim_table import TABLE, OptimEntry
 from workbench.optim import Adamax
 from workbench.optim._kernels import _multi_tensor
+from workbench.optim._kernels import cpu as cpu_kernels
 
 ENTRIES = [pytest.param(e, id=e.name) for e in TABLE]
 
@@ -43,24 +45,30 @@ def test_adamax_forloop_is_differentiable() -> None:
     assert torch.autograd.gradcheck(lambda *t: one_step(*t, 0.9), tuple(inputs))
 
 
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_fused_is_one_launch_per_device_dtype_group(
-    entry: OptimEntry, monkeypatch: pytest.MonkeyPatch
+    entry: OptimEntry, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if "fused" not in entry.ours.backends:
         pytest.skip(f"{entry.name} has no fused backend")
+    if path == "native" and entry.ours.cpu_kernel is None:
+        pytest.skip(f"{entry.name}'s fused backend has no C kernel: Triton only")
     params = _with_grads((3, 4), (5,), (2, 2, 2)) + _with_grads((7,), (1,), dtype=torch.float64)
     opt = entry.ours(params, backend="fused")
     opt.step()  # imports the optimizer's kernel module
 
     launches: list[int] = []
-    real_launch = _multi_tensor.launch
+    real_launch = cpu_kernels.launch if path == "native" else _multi_tensor.launch
 
     def counting_launch(kernel, element_roles, *args, **kwargs):
         launches.append(len(element_roles[0]))
         return real_launch(kernel, element_roles, *args, **kwargs)
 
-    # kernel modules import `launch` by name: patch it wherever it was bound
+    if path == "native":
+        # the optimizers call it as cpu_kernels.launch
+        monkeypatch.setattr(cpu_kernels, "launch", counting_launch)
+    # Triton kernel modules import `launch` by name: patch it wherever it was bound
     for name, module in list(sys.modules.items()):
         if (
             name.startswith("workbench.optim._kernels")

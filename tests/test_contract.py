@@ -262,9 +262,15 @@ def test_backend_errors(entry: OptimEntry, kwargs: dict, error: type, message: s
 def test_fused_refuses_a_device_it_cannot_run_on(
     entry: OptimEntry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """CPU tensors need the optimizer's C kernel (and a compiler), or the Triton interpreter."""
     _skip_unless_backend(entry, "fused")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="fused.*runs on CUDA tensors.*got a param on cpu"):
+    refusal = "fused.*runs on CUDA tensors.*got a param on cpu"
+    if entry.ours.cpu_kernel is not None:
+        entry.ours([torch.randn(2, requires_grad=True)], backend="fused")  # the C kernel takes it
+        monkeypatch.setenv("WORKBENCH_FUSED_CPU", "triton")
+        refusal = "fused.*runs on CUDA tensors.*C compiler.*got a param on cpu"
+    with pytest.raises(RuntimeError, match=refusal):
         entry.ours([torch.randn(2, requires_grad=True)], backend="fused")
     with pytest.raises(RuntimeError, match="floating-point"):
         entry.ours([torch.ones(2, dtype=torch.int64)], backend="fused")

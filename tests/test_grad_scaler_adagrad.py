@@ -1,8 +1,8 @@
 """Adagrad's fused backend driven by torch.amp.GradScaler: the kernel unscales, found_inf skips
 the step, its counter included.
 
-The fused kernel runs on CPU under the Triton interpreter (tests/conftest.py). GradScaler's
-scales are powers of two: unscaling is exact.
+Both CPU implementations of the fused step run: the C kernel and the Triton one under the
+interpreter (tests/conftest.py). GradScaler's scales are powers of two: unscaling is exact.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import FUSED_CPU_PATHS
 from tests.optim_table import config_id
 from workbench.optim import Adagrad
 
@@ -25,8 +26,9 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
 
 
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_grad_scaler_drives_fused_adagrad(config: dict) -> None:
+def test_grad_scaler_drives_fused_adagrad(config: dict, path: str) -> None:
     ours_model, ref_model = _model(), _model()
     ours = Adagrad(ours_model.parameters(), fused=True, **config)
     ref = torch.optim.Adagrad(ref_model.parameters(), foreach=False, **config)

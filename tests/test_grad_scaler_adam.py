@@ -1,8 +1,9 @@
 """Adam's and AdamW's fused backend driven by torch.amp.GradScaler: the kernel unscales the grads
 in place, and found_inf skips the whole step, its counter included.
 
-The fused kernel runs on CPU under the Triton interpreter (tests/conftest.py). GradScaler's
-scales are powers of two: unscaling is exact, so the grads equal the reference's bit for bit.
+Both CPU implementations of the fused step run: the C kernel and the Triton one under the
+interpreter (tests/conftest.py). GradScaler's scales are powers of two: unscaling is exact, so
+the grads equal the reference's bit for bit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import FUSED_CPU_PATHS
 from tests.optim_table import config_id
 from workbench.optim import Adam, AdamW
 
@@ -33,8 +35,9 @@ def _state(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tenso
     return {k: v.detach().clone() for k, v in opt.state[p].items()}
 
 
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
 @pytest.mark.parametrize(("cls", "config"), CASES)
-def test_grad_scaler_drives_fused_adam(cls: type[Adam], config: dict) -> None:
+def test_grad_scaler_drives_fused_adam(cls: type[Adam], config: dict, path: str) -> None:
     ours_model, ref_model = _model(), _model()
     ours = cls(ours_model.parameters(), fused=True, **config)
     ref = getattr(torch.optim, cls.__name__)(ref_model.parameters(), foreach=False, **config)

@@ -1,7 +1,7 @@
 """SGD's fused backend driven by torch.amp.GradScaler: the kernel unscales, found_inf skips.
 
-The fused kernel runs on CPU under the Triton interpreter (tests/conftest.py). GradScaler's
-scales are powers of two: unscaling is exact.
+Both CPU implementations of the fused step run: the C kernel and the Triton one under the
+interpreter (tests/conftest.py). GradScaler's scales are powers of two: unscaling is exact.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import FUSED_CPU_PATHS
 from tests.optim_table import config_id
 from workbench.optim import SGD
 
@@ -32,8 +33,9 @@ def _snapshot(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     ]
 
 
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_grad_scaler_drives_fused_sgd(config: dict) -> None:
+def test_grad_scaler_drives_fused_sgd(config: dict, path: str) -> None:
     ours_model, ref_model = _model(), _model()
     ours = SGD(ours_model.parameters(), lr=0.1, fused=True, **config)
     ref = torch.optim.SGD(ref_model.parameters(), lr=0.1, foreach=False, **config)
@@ -64,7 +66,8 @@ def test_grad_scaler_drives_fused_sgd(config: dict) -> None:
                 torch.testing.assert_close(ours.state[p][key], value)
 
 
-def test_skipped_first_step_leaves_no_momentum_buffer() -> None:
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
+def test_skipped_first_step_leaves_no_momentum_buffer(path: str) -> None:
     """The buffer is the first step's gradient: a first step GradScaler skips must not create it
     (torch's fused SGD leaves an uninitialized one behind)."""
     model, ref_model = _model(), _model()

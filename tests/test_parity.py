@@ -15,11 +15,24 @@ from tests.optim_table import TABLE, OptimEntry, config_id
 
 BACKENDS = ("forloop", "foreach", "fused", "compiled")
 
+
+def _backend_params(entry: OptimEntry, config: dict) -> list:
+    """One case per backend; the fused backend of an optimizer with a C kernel twice: through the
+    C kernel and through the Triton one (interpreted), the two ways it runs."""
+    out = []
+    for backend in entry.ours.backends:
+        name = f"{entry.name}-{backend}-{config_id(config)}"
+        out.append(pytest.param(entry, backend, config, id=name))
+        if backend == "fused" and entry.ours.cpu_kernel is not None:
+            triton_name = f"{entry.name}-fused_triton-{config_id(config)}"
+            out.append(
+                pytest.param(entry, backend, config, id=triton_name, marks=pytest.mark.fused_triton)
+            )
+    return out
+
+
 CASES = [
-    pytest.param(entry, backend, config, id=f"{entry.name}-{backend}-{config_id(config)}")
-    for entry in TABLE
-    for backend in entry.ours.backends
-    for config in entry.configs
+    param for entry in TABLE for config in entry.configs for param in _backend_params(entry, config)
 ]
 
 
@@ -123,11 +136,8 @@ LOW_PRECISION = {torch.bfloat16: 2**-7, torch.float16: 2**-10}  # two units in t
 def _low_precision_cases():
     # (not the entries with their own side-by-side procedure: their grads are not random dense)
     for entry in [e for e in TABLE if e.side_by_side is None]:
-        for backend in entry.ours.backends:
-            for config in entry.configs[:1] + entry.configs[4:5] + entry.configs[-2:-1]:
-                yield pytest.param(
-                    entry, backend, config, id=f"{entry.name}-{backend}-{config_id(config)}"
-                )
+        for config in entry.configs[:1] + entry.configs[4:5] + entry.configs[-2:-1]:
+            yield from _backend_params(entry, config)
 
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=["bf16", "fp16"])

@@ -4,7 +4,8 @@ A backend is a way of running one optimizer's update over a list of tensors:
 
 - ``forloop``: one tensor at a time, plain torch ops; the reference, the only differentiable one.
 - ``foreach``: ``torch._foreach_*`` ops over each (device, dtype) group.
-- ``fused``: one Triton kernel launch per (device, dtype) group (see ``_kernels``).
+- ``fused``: one kernel call per (device, dtype) group: Triton on CUDA (see ``_kernels``), C with
+  OpenMP on CPU where the optimizer has one (``_kernels/cpu``).
 - ``compiled``: ``torch.compile`` of the forloop update, with lr and step fed as tensors so that a
   scheduler changing lr never recompiles.
 
@@ -101,26 +102,39 @@ def default_backend(params: Sequence[Tensor], differentiable: bool, foreach: boo
     return "forloop"
 
 
-def check_fused_device(optimizer: str, params: Sequence[Tensor]) -> None:
-    """Refuse, before any step, params that the Triton kernel cannot update."""
-    if not triton_available():
-        raise RuntimeError(
-            f"{optimizer}: backend='fused' needs Triton, which is not installed "
-            "(pip install triton, or use backend='foreach')"
-        )
+def check_fused_device(
+    optimizer: str, params: Sequence[Tensor], cpu_kernel: str | None = None
+) -> None:
+    """Refuse, before any step, params that neither the Triton kernel nor the optimizer's C kernel
+    (`cpu_kernel`, for CPU tensors) can update."""
+    from ._kernels import cpu as cpu_kernels
+
     for p in params:
         if not (p.is_floating_point() or p.is_complex()):
             raise RuntimeError(
                 f"{optimizer}: backend='fused' needs floating-point or complex params, "
                 f"got {p.dtype}"
             )
-        if p.device.type == "cuda":
+    devices = {p.device for p in params}
+    for device in devices:
+        if cpu_kernel is not None and cpu_kernels.runs_on(device, cpu_kernel):
             continue
-        if p.device.type == "cpu" and triton_interpreting():
+        if not triton_available():
+            raise RuntimeError(
+                f"{optimizer}: backend='fused' on {device} needs Triton, which is not installed "
+                "(pip install triton, or use backend='foreach')"
+            )
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
             continue
+        cpu_note = ""
+        if device.type == "cpu" and cpu_kernel is not None:
+            cpu_note = (
+                " (its C kernel for CPU tensors needs a C compiler, cc, gcc, clang or $CC, and "
+                "WORKBENCH_FUSED_CPU not set to 'triton')"
+            )
         raise RuntimeError(
-            f"{optimizer}: backend='fused' runs on CUDA tensors (or on CPU under "
-            f"TRITON_INTERPRET=1, for checking); got a param on {p.device}"
+            f"{optimizer}: backend='fused' runs on CUDA tensors{cpu_note}, or on CPU under "
+            f"TRITON_INTERPRET=1 for checking the Triton kernels; got a param on {device}"
         )
 
 

@@ -56,6 +56,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     # Whether the fused backend takes torch.amp.GradScaler's grad_scale / found_inf, as torch's
     # fused Adam, AdamW, SGD and Adagrad do: the kernel unscales the grads and skips the step.
     fused_amp_scaling: ClassVar[bool] = False
+    # The C kernel (``_kernels/cpu/<name>.c``) its fused backend runs on CPU tensors, if it has one.
+    cpu_kernel: ClassVar[str | None] = None
     # Whether torch refuses params that are not 2-D (Muon): tests and suites give it matrices only.
     matrices_only: ClassVar[bool] = False
     # Inductor settings its compiled backend needs, as (name, value) pairs: Muon's bf16 matmul
@@ -105,7 +107,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 f"got backend={backend!r}"
             )
         if backend == "fused":
-            _backends.check_fused_device(type(self).__name__, group["params"])
+            _backends.check_fused_device(type(self).__name__, group["params"], self.cpu_kernel)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -182,7 +184,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"{name} does not support sparse gradients")
         backend = self.resolve_backend(group, params)
         if backend == "fused":
-            _backends.check_fused_device(name, params)
+            _backends.check_fused_device(name, params, self.cpu_kernel)
         capturable = group.get("capturable", False)
         device_step = capturable or backend in DEVICE_STEP_BACKENDS
 

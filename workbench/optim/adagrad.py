@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ._backends import DEVICE_STEP_BACKENDS
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 from .sgd import _check_fused_flags
@@ -109,6 +110,18 @@ def _adagrad_fused(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "adagrad"):
+        if found_inf is not None and found_inf.item():
+            return  # GradScaler found an inf: the step is skipped and does not count
+        scale = 0.0 if grad_scale is None else grad_scale.item()  # 0: no scale
+        cpu_kernels.launch(
+            "adagrad",
+            [params, grads, state_sums],
+            steps,
+            hyper=[float(x) for x in (lr, lr_decay, weight_decay, eps, scale)],
+            flags=[maximize],
+        )
+        return
     from ._kernels.adagrad import adagrad_fused_step
 
     if found_inf is None:
@@ -132,6 +145,7 @@ class Adagrad(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "adagrad"
     state_names = ("sum",)
     fused_amp_scaling = True
     update_functions = {

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
 
@@ -230,6 +231,18 @@ def _adam_fused(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "adam"):
+        if found_inf is not None and found_inf.item():
+            return  # GradScaler found an inf: the step is skipped and does not count
+        scale = 0.0 if grad_scale is None else grad_scale.item()  # 0: no scale
+        cpu_kernels.launch(
+            "adam",
+            [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []),
+            steps,
+            hyper=[float(x) for x in (lr, beta1, beta2, eps, weight_decay, scale)],
+            flags=[amsgrad, decoupled_weight_decay, maximize],
+        )
+        return
     from ._kernels.adam import adam_fused_step
 
     torch._foreach_add_(steps, 1.0)
@@ -294,6 +307,7 @@ class Adam(WorkbenchOptimizer):
     backends = ("forloop", "foreach", "fused", "compiled")
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     fused_amp_scaling = True
+    cpu_kernel = "adam"
     update_functions = {
         "forloop": _adam_forloop,
         "foreach": _adam_foreach,

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
@@ -125,6 +126,15 @@ def _adamax_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "adamax"):
+        cpu_kernels.launch(
+            "adamax",
+            [params, grads, exp_avgs, exp_infs],
+            steps,
+            hyper=[float(x) for x in (lr, beta1, beta2, eps, weight_decay)],
+            flags=[maximize],
+        )
+        return
     from ._kernels.adamax import adamax_fused_step
 
     torch._foreach_add_(steps, 1.0)
@@ -142,6 +152,7 @@ class Adamax(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "adamax"
     state_names = ("exp_avg", "exp_inf")
     update_functions = {
         "forloop": _adamax_forloop,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -129,6 +130,13 @@ def _sgd_fused(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "sgd"):
+        _sgd_fused_cpu(
+            params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
+            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+            grad_scale=grad_scale, found_inf=found_inf,
+        )  # fmt: skip
+        return
     from ._kernels.sgd import sgd_fused_step
 
     hyper = {
@@ -165,6 +173,45 @@ def _sgd_fused(
             )
 
 
+def _sgd_fused_cpu(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | Tensor,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The fused step on CPU tensors: the C kernel (_kernels/cpu/sgd.c)."""
+    if found_inf is not None and found_inf.item():
+        return  # GradScaler found an inf: the step is skipped (and starts no buffer)
+    scale = 0.0 if grad_scale is None else grad_scale.item()  # 0: no scale
+    hyper = [float(x) for x in (lr, momentum, dampening, weight_decay, scale)]
+    if momentum == 0:
+        cpu_kernels.launch("sgd", [params, grads], (), hyper, flags=[0, 0, nesterov, maximize])
+        return
+    new = [i for i, b in enumerate(momentum_buffers) if b is None]
+    for i in new:
+        momentum_buffers[i] = torch.empty_like(grads[i])
+    if not new or len(new) == len(params):
+        # the first step writes the buffers without reading them: its own specialized loop
+        cpu_kernels.launch(
+            "sgd", [params, grads, momentum_buffers], (), hyper,
+            flags=[1, bool(new), nesterov, maximize],
+        )  # fmt: skip
+        return
+    starting = set(new)
+    old = [i for i in range(len(params)) if i not in starting]
+    for first_step, part in ((1, new), (0, old)):
+        roles = [[lst[i] for i in part] for lst in (params, grads, momentum_buffers)]
+        cpu_kernels.launch("sgd", roles, (), hyper, flags=[1, first_step, nesterov, maximize])
+
+
 class SGD(WorkbenchOptimizer):
     """SGD (see the module docstring for the update) with torch.optim.SGD's signature.
 
@@ -173,6 +220,7 @@ class SGD(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "sgd"
     state_names = ("momentum_buffer",)
     lazy_state = ("momentum_buffer",)
     has_step = False

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._backends import triton_interpreting
+from ._layout import flat_dense
 
 TL_DTYPES = {
     torch.float16: tl.float16,
@@ -42,27 +43,6 @@ INTERPRETER_BLOCK = 1 << 16
 
 _MAX_CACHED_TABLES = 64
 _tables: OrderedDict[tuple, tuple[Tensor, int, bool]] = OrderedDict()
-
-
-def _flat_dense(tensors: Sequence[Tensor]) -> bool:
-    """True when the tensors are one dense block each and share a layout, so element i of one
-    matches element i of the others when all are walked in memory order (contiguous, channels-last,
-    transposed...)."""
-    first = tensors[0]
-    if any(t.stride() != first.stride() for t in tensors[1:]):
-        return False
-    if first.is_contiguous():
-        return True
-    dims = sorted(
-        ((st, sz) for st, sz in zip(first.stride(), first.shape) if sz != 1),
-        key=lambda d: d[0],
-    )
-    expected = 1
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _table(
@@ -139,7 +119,7 @@ def launch(
     write_back: list[tuple[Tensor, Tensor]] = []
     for i in range(len(keep)):
         group = [role[i] for role in roles]
-        if not _flat_dense(group):
+        if not flat_dense(group):
             for role in roles:
                 original = role[i]
                 role[i] = original.contiguous()

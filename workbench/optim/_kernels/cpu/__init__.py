@@ -1,0 +1,108 @@
+"""The fused backend on CPU: C kernels (OpenMP), one call per (device, dtype) group.
+
+On CUDA the fused backend launches Triton kernels (``_kernels/<name>.py``). On CPU, an optimizer
+that has ``cpu/<name>.c`` runs it instead: one parallel region over all its tensors, every
+element read and written once, the per-tensor step counters advanced in the same call. Where
+there is no C compiler, or with ``WORKBENCH_FUSED_CPU=triton``, CPU tensors go to the Triton
+kernels as before, which only run under ``TRITON_INTERPRET=1`` (how CI checks those kernels).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from array import array
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .._layout import flat_dense
+from .build import SOURCE_DIR, compiler, load
+
+_SUFFIXES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16",
+             torch.float16: "f16"}  # fmt: skip
+_STEP_DTYPES = {torch.float32: 0, torch.float64: 1}  # WB_STEP_F32 / WB_STEP_F64
+
+_kernel_fn = ctypes.CFUNCTYPE(
+    None,
+    ctypes.POINTER(ctypes.c_int64),
+    ctypes.c_int64,
+    ctypes.POINTER(ctypes.c_double),
+    ctypes.POINTER(ctypes.c_int64),
+    ctypes.c_int,
+)
+_functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
+
+
+def has_kernel(kernel: str) -> bool:
+    return (SOURCE_DIR / f"{kernel}.c").is_file()
+
+
+def runs_on(device: torch.device, kernel: str) -> bool:
+    """Whether the fused backend updates tensors on `device` with the C kernel `kernel`."""
+    return (
+        device.type == "cpu"
+        and os.environ.get("WORKBENCH_FUSED_CPU", "native") != "triton"
+        and has_kernel(kernel)
+        and compiler() is not None
+    )
+
+
+def _function(kernel: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
+    fn = _functions.get((kernel, dtype))
+    if fn is None:
+        suffix = _SUFFIXES.get(dtype)
+        if suffix is None:
+            raise TypeError(f"fused {kernel} on CPU: no kernel for dtype {dtype}")
+        library = load(kernel, suffix)
+        fn = _kernel_fn((f"{kernel}_{suffix}", library))
+        _functions[(kernel, dtype)] = fn
+    return fn
+
+
+def launch(
+    kernel: str,
+    element_roles: Sequence[Sequence[Tensor]],
+    steps: Sequence[Tensor],
+    hyper: Sequence[float],
+    flags: Sequence[int],
+) -> None:
+    """Run C kernel `kernel` over the parallel tensor lists of one (cpu, dtype) group.
+
+    element_roles: param, grad and state lists, all of one dtype and shape tensor by tensor.
+    steps:         the per-param 0-dim step counters (or empty): the kernel adds one to each.
+    hyper, flags:  the kernel's float hyperparameters and integer flags, in its order; the step
+                   counters' dtype is appended to the flags here.
+    Tensors that are not one dense block go through contiguous copies written back afterwards.
+    """
+    roles = [list(role) for role in element_roles]
+    n = len(roles[0])
+    write_back: list[tuple[Tensor, Tensor]] = []
+    # (contiguous everywhere is the usual case, and far cheaper to check than flat_dense)
+    if not all(t.is_contiguous() for role in roles for t in role):
+        for i in range(n):
+            if roles[0][i].numel() and not flat_dense([role[i] for role in roles]):
+                for role in roles:
+                    original = role[i]
+                    role[i] = original.contiguous()
+                    write_back.append((original, role[i]))
+    step_dtype = steps[0].dtype if steps else torch.float32
+    if any(s.dtype != step_dtype for s in steps) or step_dtype not in _STEP_DTYPES:
+        raise TypeError(
+            f"fused {kernel} on CPU: step counters must all be float32 or all float64, got "
+            f"{sorted({str(s.dtype) for s in steps})}"
+        )
+    table = array("q", [t.data_ptr() for role in roles for t in role])
+    table.extend([s.data_ptr() for s in steps])
+    table.extend([t.numel() for t in roles[0]])
+    all_flags = [int(f) for f in flags] + [_STEP_DTYPES[step_dtype]]
+    _function(kernel, roles[0][0].dtype)(
+        ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64)),
+        n,
+        (ctypes.c_double * len(hyper))(*hyper),
+        (ctypes.c_int64 * len(all_flags))(*all_flags),
+        torch.get_num_threads(),
+    )
+    for original, copy in write_back:
+        original.copy_(copy)

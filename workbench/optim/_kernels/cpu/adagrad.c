@@ -1,0 +1,62 @@
+/* Fused Adagrad on the CPU: param, grad and state_sum read and written once, in the forloop
+ * backend's order of operations. */
+#include "multi_tensor.h"
+
+/* hyper: lr, lr_decay, weight_decay, eps, grad_scale (0: none)
+ * flags: maximize, step dtype
+ * table roles: param, grad, state_sum, step */
+typedef struct {
+    T *const *param, *const *grad, *const *state_sum;
+    const ACC *neg_clr; /* per tensor: -lr / (1 + (step - 1) * lr_decay) */
+    ACC weight_decay, eps, grad_scale, grad_sign;
+    int unscale, coupled;
+} adagrad_ctx;
+
+/* specialized on unscale and coupled (see multi_tensor.h) */
+WB_INLINE void adagrad_loop(const adagrad_ctx *c, int64_t t, int64_t begin, int64_t end,
+                            const int unscale, const int coupled) {
+    T *restrict param = c->param[t], *restrict grad = c->grad[t];
+    T *restrict state_sum = c->state_sum[t];
+    const ACC neg_clr = c->neg_clr[t], weight_decay = c->weight_decay, eps = c->eps;
+    const ACC scale = c->grad_scale, sign = c->grad_sign;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+        ACC g = load(grad, i);
+        const ACC p = load(param, i);
+        if (unscale) { /* torch.amp.GradScaler: the caller sees the true gradient afterwards */
+            g = g / scale;
+            store(grad, i, g);
+        }
+        g = g * sign;
+        if (coupled) g = g + weight_decay * p;
+        const ACC sum = load(state_sum, i) + g * g;
+        store(state_sum, i, sum);
+        store(param, i, p + neg_clr * g / (wb_sqrt(sum) + eps));
+    }
+}
+
+static void adagrad_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
+    const adagrad_ctx *c = raw;
+#define CASE(b) \
+    case b: adagrad_loop(c, t, begin, end, WB_BIT(b, 1), WB_BIT(b, 0)); break;
+    switch (c->unscale << 1 | c->coupled) { WB_CASES_4(CASE) }
+#undef CASE
+}
+
+WB_EXPORT(adagrad)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
+                   int num_threads) {
+    const double lr = hyper[0], lr_decay = hyper[1];
+    ACC neg_clr[n > 0 ? n : 1];
+    for (int64_t t = 0; t < n; ++t) {
+        const double step = wb_increment_step(table[3 * n + t], flags[1]);
+        neg_clr[t] = (ACC)(-(lr / (1.0 + (step - 1.0) * lr_decay)));
+    }
+    const adagrad_ctx ctx = {
+        .param = (T *const *)(table), .grad = (T *const *)(table + n),
+        .state_sum = (T *const *)(table + 2 * n), .neg_clr = neg_clr,
+        .weight_decay = (ACC)hyper[2], .eps = (ACC)hyper[3], .grad_scale = (ACC)hyper[4],
+        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+        .unscale = hyper[4] != 0, .coupled = hyper[2] != 0,
+    };
+    wb_parallel(table + 4 * n, n, num_threads, adagrad_range, &ctx);
+}

@@ -1,0 +1,86 @@
+/* Fused Adam / AdamW on the CPU: each element of param, grad and state read and written once.
+ *
+ * The math is the forloop backend's, in its order (lerp for the first moment, sqrt(v) / sqrt(bc2)
+ * + eps, then step_size * m / denom): fp32 and fp64 results stay within an ulp or two of it;
+ * bf16/fp16 compute in fp32 and round once when stored.
+ */
+#include "multi_tensor.h"
+
+/* hyper: lr, beta1, beta2, eps, weight_decay, grad_scale (0: none)
+ * flags: amsgrad, decoupled_weight_decay, maximize, step dtype
+ * table roles: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq,] step */
+typedef struct {
+    T *const *param, *const *grad, *const *exp_avg, *const *exp_avg_sq, *const *max_exp_avg_sq;
+    const ACC *neg_step_size, *bc2_sqrt; /* per tensor, from its own step */
+    ACC one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, grad_scale;
+    ACC grad_sign; /* -1 to maximize */
+    int amsgrad, coupled, unscale;
+} adam_ctx;
+
+/* specialized on amsgrad, unscale, coupled (see multi_tensor.h) */
+WB_INLINE void adam_loop(const adam_ctx *c, int64_t t, int64_t begin, int64_t end,
+                         const int amsgrad, const int unscale, const int coupled) {
+    T *restrict param = c->param[t], *restrict grad = c->grad[t];
+    T *restrict exp_avg = c->exp_avg[t], *restrict exp_avg_sq = c->exp_avg_sq[t];
+    T *restrict max_sq = amsgrad ? c->max_exp_avg_sq[t] : 0;
+    const ACC neg_step_size = c->neg_step_size[t], bc2_sqrt = c->bc2_sqrt[t];
+    const ACC w = c->one_minus_beta1, beta2 = c->beta2, one_minus_beta2 = c->one_minus_beta2;
+    const ACC eps = c->eps, weight_decay = c->weight_decay, decay = c->decay_factor;
+    const ACC scale = c->grad_scale, sign = c->grad_sign;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+        ACC g = load(grad, i), p = load(param, i), m = load(exp_avg, i), v = load(exp_avg_sq, i);
+        if (unscale) { /* torch.amp.GradScaler: the caller sees the true gradient afterwards */
+            g = g / scale;
+            store(grad, i, g);
+        }
+        g = g * sign;
+        p = p * decay; /* decoupled weight decay; 1 otherwise */
+        if (coupled) g = g + weight_decay * p;
+        m = wb_lerp(m, g, w);
+        v = v * beta2 + one_minus_beta2 * g * g;
+        store(exp_avg, i, m);
+        store(exp_avg_sq, i, v);
+        ACC second = v;
+        if (amsgrad) {
+            const ACC old = load(max_sq, i);
+            second = (old > v || old != old) ? old : v; /* torch.maximum: NaN wins */
+            store(max_sq, i, second);
+        }
+        const ACC denom = wb_sqrt(second) / bc2_sqrt + eps;
+        store(param, i, p + neg_step_size * m / denom);
+    }
+}
+
+static void adam_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
+    const adam_ctx *c = raw;
+#define CASE(b) \
+    case b: adam_loop(c, t, begin, end, WB_BIT(b, 2), WB_BIT(b, 1), WB_BIT(b, 0)); break;
+    switch (c->amsgrad << 2 | c->unscale << 1 | c->coupled) { WB_CASES_8(CASE) }
+#undef CASE
+}
+
+WB_EXPORT(adam)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
+                int num_threads) {
+    const int amsgrad = (int)flags[0];
+    const int64_t roles = amsgrad ? 5 : 4;
+    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
+    ACC neg_step_size[n > 0 ? n : 1], bc2_sqrt[n > 0 ? n : 1];
+    for (int64_t t = 0; t < n; ++t) {
+        const double step = wb_increment_step(table[roles * n + t], flags[3]);
+        neg_step_size[t] = (ACC)(-(lr / (1.0 - pow(beta1, step))));
+        bc2_sqrt[t] = (ACC)pow(1.0 - pow(beta2, step), 0.5); /* Python's `** 0.5` */
+    }
+    const adam_ctx ctx = {
+        .param = (T *const *)(table), .grad = (T *const *)(table + n),
+        .exp_avg = (T *const *)(table + 2 * n), .exp_avg_sq = (T *const *)(table + 3 * n),
+        .max_exp_avg_sq = (T *const *)(table + 4 * n),
+        .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt,
+        .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
+        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
+        .weight_decay = (ACC)hyper[4], .decay_factor = flags[1] ? (ACC)(1.0 - lr * hyper[4]) : (ACC)1,
+        .grad_scale = (ACC)hyper[5], .grad_sign = flags[2] ? (ACC)-1 : (ACC)1,
+        .amsgrad = amsgrad, .coupled = !flags[1] && hyper[4] != 0, .unscale = hyper[5] != 0,
+    };
+    wb_parallel(table + (roles + 1) * n, n, num_threads, adam_range, &ctx);
+}

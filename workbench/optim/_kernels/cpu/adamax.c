@@ -1,0 +1,60 @@
+/* Fused Adamax on the CPU: each element of param, grad, exp_avg and exp_inf read and written once,
+ * in the forloop backend's order of operations. */
+#include "multi_tensor.h"
+
+/* hyper: lr, beta1, beta2, eps, weight_decay
+ * flags: maximize, step dtype
+ * table roles: param, grad, exp_avg, exp_inf, step */
+typedef struct {
+    T *const *param, *const *grad, *const *exp_avg, *const *exp_inf;
+    const ACC *neg_step_size; /* per tensor, from its own step */
+    ACC one_minus_beta1, beta2, eps, weight_decay, grad_sign;
+} adamax_ctx;
+
+/* specialized on weight decay (see multi_tensor.h) */
+WB_INLINE void adamax_loop(const adamax_ctx *c, int64_t t, int64_t begin, int64_t end,
+                           const int decay) {
+    T *restrict param = c->param[t], *restrict grad = c->grad[t];
+    T *restrict exp_avg = c->exp_avg[t], *restrict exp_inf = c->exp_inf[t];
+    const ACC neg_step_size = c->neg_step_size[t], w = c->one_minus_beta1, beta2 = c->beta2;
+    const ACC eps = c->eps, weight_decay = c->weight_decay, sign = c->grad_sign;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+        ACC g = load(grad, i) * sign;
+        const ACC p = load(param, i);
+        if (decay) g = g + weight_decay * p;
+        const ACC m = wb_lerp(load(exp_avg, i), g, w);
+        const ACC decayed = load(exp_inf, i) * beta2, bound = fabs(g) + eps;
+        /* torch.maximum: a NaN on either side wins */
+        const ACC u = (decayed > bound || decayed != decayed) ? decayed : bound;
+        store(exp_avg, i, m);
+        store(exp_inf, i, u);
+        store(param, i, p + neg_step_size * m / u);
+    }
+}
+
+static void adamax_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
+    const adamax_ctx *c = raw;
+    if (c->weight_decay != 0)
+        adamax_loop(c, t, begin, end, 1);
+    else
+        adamax_loop(c, t, begin, end, 0);
+}
+
+WB_EXPORT(adamax)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
+                  int num_threads) {
+    const double lr = hyper[0], beta1 = hyper[1];
+    ACC neg_step_size[n > 0 ? n : 1];
+    for (int64_t t = 0; t < n; ++t) {
+        const double step = wb_increment_step(table[4 * n + t], flags[1]);
+        neg_step_size[t] = (ACC)(-(lr / (1.0 - pow(beta1, step))));
+    }
+    const adamax_ctx ctx = {
+        .param = (T *const *)(table), .grad = (T *const *)(table + n),
+        .exp_avg = (T *const *)(table + 2 * n), .exp_inf = (T *const *)(table + 3 * n),
+        .neg_step_size = neg_step_size, .one_minus_beta1 = (ACC)(1.0 - beta1),
+        .beta2 = (ACC)hyper[2], .eps = (ACC)hyper[3], .weight_decay = (ACC)hyper[4],
+        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+    };
+    wb_parallel(table + 5 * n, n, num_threads, adamax_range, &ctx);
+}
