@@ -102,21 +102,38 @@ def default_backend(params: Sequence[Tensor], differentiable: bool, foreach: boo
     return "forloop"
 
 
+def common_device_and_dtype(tensors: Sequence[Tensor]) -> tuple[torch.device, torch.dtype] | None:
+    """The (device, dtype) every tensor shares (the usual case), or None if they differ.
+
+    Checked with `is_cpu` where it can: building a torch.device per tensor per step is a good
+    part of a small step's cost."""
+    first = tensors[0]
+    device, dtype = first.device, first.dtype
+    if device.type == "cpu":
+        same = all(t.dtype is dtype and t.is_cpu for t in tensors)
+    else:
+        same = all(t.dtype is dtype and t.device == device for t in tensors)
+    return (device, dtype) if same else None
+
+
 def check_fused_device(
-    optimizer: str, params: Sequence[Tensor], cpu_kernel: str | None = None
+    optimizer: str,
+    params: Sequence[Tensor],
+    cpu_kernel: str | None = None,
+    common: tuple[torch.device, torch.dtype] | None = None,
 ) -> None:
     """Refuse, before any step, params that neither the Triton kernel nor the optimizer's C kernel
-    (`cpu_kernel`, for CPU tensors) can update."""
+    (`cpu_kernel`, for CPU tensors) can update. `common`: the params' shared (device, dtype),
+    when the caller knows it (one check instead of one per param)."""
     from ._kernels import cpu as cpu_kernels
 
-    for p in params:
-        if not (p.is_floating_point() or p.is_complex()):
+    kinds = {common} if common is not None else {(p.device, p.dtype) for p in params}
+    for _, dtype in kinds:
+        if not (dtype.is_floating_point or dtype.is_complex):
             raise RuntimeError(
-                f"{optimizer}: backend='fused' needs floating-point or complex params, "
-                f"got {p.dtype}"
+                f"{optimizer}: backend='fused' needs floating-point or complex params, got {dtype}"
             )
-    devices = {p.device for p in params}
-    for device in devices:
+    for device in {device for device, _ in kinds}:
         if cpu_kernel is not None and cpu_kernels.runs_on(device, cpu_kernel):
             continue
         if not triton_available():
@@ -140,13 +157,14 @@ def check_fused_device(
 
 def group_by_device_and_dtype(
     tensor_lists: Sequence[Sequence[Tensor | None]],
+    common: tuple[torch.device, torch.dtype] | None = None,
 ) -> list[list[list[Tensor | None]]]:
     """Split parallel tensor lists into buckets sharing the first list's (device, dtype).
 
-    An empty list (state a flag turned off) stays empty in every bucket.
+    An empty list (state a flag turned off) stays empty in every bucket. `common`: the first
+    list's shared (device, dtype) when the caller has checked it already.
     """
-    first = tensor_lists[0]
-    if all(p.dtype == first[0].dtype and p.device == first[0].device for p in first):
+    if common is not None or common_device_and_dtype(tensor_lists[0]) is not None:
         return [list(tensor_lists)]  # the usual case, at a fraction of the per-tensor cost
     buckets: dict[tuple[torch.device, torch.dtype], list[list[Tensor | None]]] = {}
     for i, p in enumerate(tensor_lists[0]):

@@ -175,33 +175,47 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
+        params, grads = [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is not None:
+                params.append(p)
+                grads.append(grad)
         if not params:
             return
         name = type(self).__name__
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        # (device, dtype) shared by all params, or None: one check for what follows, not one each
+        common = _backends.common_device_and_dtype(params)
         backend = self.resolve_backend(group, params)
         if backend == "fused":
-            _backends.check_fused_device(name, params, self.cpu_kernel)
+            _backends.check_fused_device(name, params, self.cpu_kernel, common)
         capturable = group.get("capturable", False)
         device_step = capturable or backend in DEVICE_STEP_BACKENDS
 
-        grads = [p.grad for p in params]
         states = [self._state_for(p, group, device_step) for p in params]
         tensor_lists = [params, grads]
+        creates_state = False  # whether the update may create lazy state (a None in its list)
         for key in self.state_names:
             values = [st.get(key) for st in states]
-            # state a flag turns off (amsgrad=False) is an empty list, not a list of None
-            off = key not in self.lazy_state and all(v is None for v in values)
-            tensor_lists.append([] if off else values)
+            if key in self.lazy_state:
+                creates_state = creates_state or any(v is None for v in values)
+            elif all(v is None for v in values):
+                values = []  # state a flag turns off (amsgrad=False): an empty list, not Nones
+            tensor_lists.append(values)
         if self.elementwise:
             # Sharded params (FSDP2's DTensors) keep DTensor state, as torch.optim does, but an
             # elementwise update steps each rank's local shard: the same math on plain tensors,
             # with no sharding propagation per op, and what the Triton launcher needs.
             dtensor = _dtensor_class()
-            if any(p.is_complex() or _is_instance(p, dtensor) for p in params):
+            sharded = dtensor is not None and any(isinstance(p, dtensor) for p in params)
+            if common is not None:
+                has_complex = common[1].is_complex
+            else:
+                has_complex = any(p.is_complex() for p in params)
+            if sharded or has_complex:
+                common = None  # the views' dtypes and devices differ from the params'
                 tensor_lists = [
                     [_real_view(_local(t, dtensor)) for t in lst] for lst in tensor_lists
                 ]
@@ -216,7 +230,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         }
         if backend == "forloop":
             self.update_functions["forloop"](*tensor_lists, **hyper, **flags)
-            self._keep_created_state(tensor_lists, range(len(params)), params, states)
+            if creates_state:
+                self._keep_created_state(tensor_lists, range(len(params)), params, states)
             return
         if backend == "compiled":
             update = _backends.compiled(self.update_functions["forloop"], self.inductor_options)
@@ -242,9 +257,11 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                         hyper[key] = getattr(self, key)
         # the params' positions ride along as a last list, to find each bucket's params again
         positions = list(range(len(params)))
-        for *bucket, indices in _backends.group_by_device_and_dtype([*tensor_lists, positions]):
+        buckets = _backends.group_by_device_and_dtype([*tensor_lists, positions], common)
+        for *bucket, indices in buckets:
             update(*bucket, **hyper, **flags)
-            self._keep_created_state(bucket, indices, params, states)
+            if creates_state:
+                self._keep_created_state(bucket, indices, params, states)
 
     def _keep_created_state(
         self,
@@ -274,10 +291,6 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             # e.g. a state_dict from a non-capturable torch.optim run, continued on a device backend
             state["step"] = state["step"].to(device=p.device)
         return state
-
-
-def _is_instance(t: Any, cls: type | None) -> bool:
-    return cls is not None and isinstance(t, cls)
 
 
 def _local(t: Any, dtensor: type | None) -> Any:
