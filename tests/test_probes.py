@@ -170,6 +170,26 @@ def test_cpu_stream_bandwidth_is_plausible() -> None:
     assert 0.5e9 < bw < 2e12
 
 
+def test_probe_takes_the_faster_of_copy_and_in_place_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An optimizer step updates in place; on CPUs a copy also pays write-allocate reads that no
+    byte count sees, so the in-place pass can be the ceiling. Bytes: 2x the buffer for the copy,
+    3x for the update (two reads, one write)."""
+    seen: list[float] = []
+    timings = iter([0.010, 0.012])  # copy: 10 ms, in-place update: 12 ms
+
+    def fake_best(one_pass, warmup, reps, min_s):
+        one_pass()
+        seen.append(min_s)
+        return next(timings)
+
+    monkeypatch.setattr(bandwidth, "_best_cpu_s", fake_best)
+    bw = bandwidth.stream_bandwidth(CPU, nbytes=4 * MiB, min_s=1.0)
+    assert bw == pytest.approx(3 * 4 * MiB / 0.012)  # 1.05 GB/s beats the copy's 0.84
+    assert seen == [0.5, 0.5]  # the probe's time is shared between its two passes
+
+
 def test_cpu_default_buffer_exceeds_the_last_level_cache() -> None:
     llc = bandwidth.last_level_cache_bytes()
     size = bandwidth._cpu_default_bytes()
