@@ -13,6 +13,7 @@ import ctypes
 import os
 from array import array
 from collections.abc import Sequence
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -35,6 +36,7 @@ _kernel_fn = ctypes.CFUNCTYPE(
 _functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
 
 
+@cache
 def has_kernel(kernel: str) -> bool:
     return (SOURCE_DIR / f"{kernel}.c").is_file()
 
