@@ -79,6 +79,24 @@ def test_fused_is_one_launch_per_device_dtype_group(
     assert sorted(launches) == [2, 3]
 
 
+@pytest.mark.parametrize("path", FUSED_CPU_PATHS)
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_fused_step_counts_as_an_in_place_change_of_the_params(
+    entry: OptimEntry, path: str
+) -> None:
+    """Kernels write through raw pointers; autograd must still see the params change, so that a
+    backward through a graph that saved them before the step is refused, as after torch's."""
+    if "fused" not in entry.ours.backends:
+        pytest.skip(f"{entry.name} has no fused backend")
+    if path == "native" and entry.ours.cpu_kernel is None:
+        pytest.skip(f"{entry.name}'s fused backend has no C kernel: Triton only")
+    (param,) = _with_grads((3, 2))
+    saved = (param * param).sum()  # saves param for its backward
+    entry.ours([param], backend="fused").step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
 @pytest.mark.compile
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_compiled_does_not_recompile_when_lr_changes(entry: OptimEntry) -> None:

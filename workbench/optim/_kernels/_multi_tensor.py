@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from .._backends import triton_interpreting
 from ._layout import flat_dense
@@ -145,6 +146,9 @@ def launch(
         )  # fmt: skip
     for original, copy in write_back:
         original.copy_(copy)
+    # Writes through raw pointers are invisible to autograd: count them, as an in-place op would,
+    # so a graph that saved a param before this step refuses to backward through it.
+    increment_version(element_roles[0])
 
 
 @triton.jit

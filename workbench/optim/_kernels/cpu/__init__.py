@@ -17,6 +17,7 @@ from functools import cache
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from .._layout import flat_dense
 from .build import SOURCE_DIR, compiler, load
@@ -108,3 +109,6 @@ def launch(
     )
     for original, copy in write_back:
         original.copy_(copy)
+    # Writes through raw pointers are invisible to autograd: count them, as an in-place op would,
+    # so a graph that saved a param before this step refuses to backward through it.
+    increment_version(element_roles[0])
