@@ -141,6 +141,24 @@ def test_cpu_launches_count_top_level_aten_ops() -> None:
     assert launches.kernel_launches(lambda: torch.nn.functional.linear(x, w), CPU) == 1
 
 
+def test_cpu_launches_count_each_fused_c_kernel_call_once() -> None:
+    """The fused backend's C kernels bypass the dispatcher; each call is still one launch, and
+    the copies a param that is not one dense block goes through count besides it."""
+    from workbench.optim import Adam
+
+    def fused_step_launches(params: list[torch.Tensor]) -> int | None:
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = Adam(params, backend="fused")
+        opt.step()  # state (and the kernel's build) outside the count
+        return launches.kernel_launches(opt.step, CPU)
+
+    dense = [torch.randn(100, requires_grad=True) for _ in range(3)]
+    strided = torch.randn(4, 6)[:, ::2].requires_grad_()
+    assert fused_step_launches(dense) == 1
+    assert fused_step_launches([*dense, strided]) > 1
+
+
 def test_cpu_launches_foreach_adamax_dispatches_fewer_ops() -> None:
     foreach = _adamax(10, 1000, CPU, foreach=True)
     forloop = _adamax(10, 1000, CPU, foreach=False)

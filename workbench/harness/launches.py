@@ -7,10 +7,11 @@ What "a launch" is depends on the device, and the count says so through `launch_
   the device-side ranges of user annotations do not. This is the number the fused backend exists
   to shrink (one launch per (device, dtype) group).
 - CPU, "aten_ops": top-level ATen ops the step dispatched, i.e. aten:: events with no aten::
-  ancestor. That is the number of trips through the dispatcher from Python, the host-side cost
-  a launch has on a GPU: a `_foreach_mul_` over ten tensors counts once, whatever per-tensor ops
-  it runs inside, while the forloop backend's ten `mul_` calls count ten. Not kernels: CPU ops do
-  not launch anything.
+  ancestor, and likewise the calls into the fused backend's C kernels (workbench:: ranges, one
+  per (device, dtype) group, which reach their kernel without the dispatcher). That is the
+  number of trips from Python into native code, the host-side cost a launch has on a GPU: a
+  `_foreach_mul_` over ten tensors counts once, whatever per-tensor ops it runs inside, while the
+  forloop backend's ten `mul_` calls count ten. Not kernels: CPU ops do not launch anything.
 """
 
 from __future__ import annotations
@@ -79,13 +80,17 @@ def _is_device_kernel(event: object) -> bool:
     return not str(event.name).startswith(_NOT_KERNELS)
 
 
+# Host-side calls that count as one launch each on CPU: ATen ops, and the C kernels' ranges.
+_CPU_CALLS = ("aten::", "workbench::")
+
+
 def _count_top_level_aten_ops(events: list) -> int:
     count = 0
     for event in events:
-        if event.device_type != DeviceType.CPU or not event.name.startswith("aten::"):
+        if event.device_type != DeviceType.CPU or not event.name.startswith(_CPU_CALLS):
             continue
         parent = event.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
+        while parent is not None and not parent.name.startswith(_CPU_CALLS):
             parent = parent.cpu_parent
         count += parent is None
     return count

@@ -100,13 +100,16 @@ def launch(
     table.extend([s.data_ptr() for s in steps])
     table.extend([t.numel() for t in roles[0]])
     all_flags = [int(f) for f in flags] + [_STEP_DTYPES[step_dtype]]
-    _function(kernel, roles[0][0].dtype)(
-        ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64)),
-        n,
-        (ctypes.c_double * len(hyper))(*hyper),
-        (ctypes.c_int64 * len(all_flags))(*all_flags),
-        torch.get_num_threads(),
-    )
+    function = _function(kernel, roles[0][0].dtype)
+    # (a named range: profiler traces show the call, and the harness counts it as one launch)
+    with torch.profiler.record_function(f"workbench::fused_{kernel}"):
+        function(
+            ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64)),
+            n,
+            (ctypes.c_double * len(hyper))(*hyper),
+            (ctypes.c_int64 * len(all_flags))(*all_flags),
+            torch.get_num_threads(),
+        )
     for original, copy in write_back:
         original.copy_(copy)
     # Writes through raw pointers are invisible to autograd: count them, as an in-place op would,
