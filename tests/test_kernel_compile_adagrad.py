@@ -18,7 +18,11 @@ from workbench.optim._kernels import _aot
 from workbench.optim._kernels import adagrad as adagrad_module
 from workbench.optim._kernels.adagrad import adagrad_kernel
 
-pytestmark = pytest.mark.skipif(aot.UNAVAILABLE is not None, reason=str(aot.UNAVAILABLE))
+# (steps taken here must reach the Triton kernels, not the optimizers' C kernels for CPU)
+pytestmark = [
+    pytest.mark.skipif(aot.UNAVAILABLE is not None, reason=str(aot.UNAVAILABLE)),
+    pytest.mark.fused_triton,
+]
 
 # The runtime parameters as launch() passes them: the pointer table, two Python ints, each float
 # hyperparameter as an fp32 pair (_precise.split); lr a pointer when LR_IS_TENSOR.
