@@ -232,9 +232,9 @@ def _adam_fused(
     found_inf: Tensor | None = None,
 ) -> None:
     if cpu_kernels.runs_on(params[0].device, "adam"):
-        if found_inf is not None and found_inf.item():
+        scale = cpu_kernels.grad_scaler_scale(grad_scale, found_inf)
+        if scale is None:
             return  # GradScaler found an inf: the step is skipped and does not count
-        scale = 0.0 if grad_scale is None else grad_scale.item()  # 0: no scale
         cpu_kernels.launch(
             "adam",
             [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []),

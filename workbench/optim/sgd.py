@@ -188,9 +188,9 @@ def _sgd_fused_cpu(
     found_inf: Tensor | None,
 ) -> None:
     """The fused step on CPU tensors: the C kernel (_kernels/cpu/sgd.c)."""
-    if found_inf is not None and found_inf.item():
+    scale = cpu_kernels.grad_scaler_scale(grad_scale, found_inf)
+    if scale is None:
         return  # GradScaler found an inf: the step is skipped (and starts no buffer)
-    scale = 0.0 if grad_scale is None else grad_scale.item()  # 0: no scale
     hyper = [float(x) for x in (lr, momentum, dampening, weight_decay, scale)]
     if momentum == 0:
         cpu_kernels.launch("sgd", [params, grads], (), hyper, flags=[0, 0, nesterov, maximize])

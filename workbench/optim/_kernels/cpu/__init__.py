@@ -52,6 +52,15 @@ def runs_on(device: torch.device, kernel: str) -> bool:
     )
 
 
+def grad_scaler_scale(grad_scale: Tensor | None, found_inf: Tensor | None) -> float | None:
+    """torch.amp.GradScaler's inputs as the C kernels take them (read on the host: CPU tensors,
+    no sync): None when found_inf says the whole step is skipped (nothing written, no step
+    counted), else the scale to unscale the grads by, 0.0 for none."""
+    if found_inf is not None and found_inf.item():
+        return None
+    return 0.0 if grad_scale is None else grad_scale.item()
+
+
 def _function(kernel: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
     fn = _functions.get((kernel, dtype))
     if fn is None:

@@ -21,14 +21,8 @@ WB_INLINE void adagrad_loop(const adagrad_ctx *c, int64_t t, int64_t begin, int6
     const ACC scale = c->grad_scale, sign = c->grad_sign;
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-        ACC g = load(grad, i);
         const ACC p = load(param, i);
-        if (unscale) { /* torch.amp.GradScaler: the caller sees the true gradient afterwards */
-            g = g / scale;
-            store(grad, i, g);
-        }
-        g = g * sign;
-        if (coupled) g = g + weight_decay * p;
+        const ACC g = wb_grad(grad, i, p, scale, sign, weight_decay, unscale, coupled);
         const ACC sum = load(state_sum, i) + g * g;
         store(state_sum, i, sum);
         store(param, i, p + neg_clr * g / (wb_sqrt(sum) + eps));

@@ -29,14 +29,10 @@ WB_INLINE void adam_loop(const adam_ctx *c, int64_t t, int64_t begin, int64_t en
     const ACC scale = c->grad_scale, sign = c->grad_sign;
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-        ACC g = load(grad, i), p = load(param, i), m = load(exp_avg, i), v = load(exp_avg_sq, i);
-        if (unscale) { /* torch.amp.GradScaler: the caller sees the true gradient afterwards */
-            g = g / scale;
-            store(grad, i, g);
-        }
-        g = g * sign;
-        p = p * decay; /* decoupled weight decay; 1 otherwise */
-        if (coupled) g = g + weight_decay * p;
+        /* decoupled weight decay (decay = 1 otherwise); coupled and decoupled never meet */
+        const ACC p = load(param, i) * decay;
+        const ACC g = wb_grad(grad, i, p, scale, sign, weight_decay, unscale, coupled);
+        ACC m = load(exp_avg, i), v = load(exp_avg_sq, i);
         m = wb_lerp(m, g, w);
         v = v * beta2 + one_minus_beta2 * g * g;
         store(exp_avg, i, m);

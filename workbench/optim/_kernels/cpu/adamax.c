@@ -20,9 +20,8 @@ WB_INLINE void adamax_loop(const adamax_ctx *c, int64_t t, int64_t begin, int64_
     const ACC eps = c->eps, weight_decay = c->weight_decay, sign = c->grad_sign;
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-        ACC g = load(grad, i) * sign;
         const ACC p = load(param, i);
-        if (decay) g = g + weight_decay * p;
+        const ACC g = wb_grad(grad, i, p, 1, sign, weight_decay, 0, decay);
         const ACC m = wb_lerp(load(exp_avg, i), g, w);
         const ACC decayed = load(exp_inf, i) * beta2, bound = fabs(g) + eps;
         /* torch.maximum: a NaN on either side wins */

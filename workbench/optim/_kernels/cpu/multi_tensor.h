@@ -105,6 +105,23 @@ static inline ACC wb_lerp(ACC start, ACC end, ACC weight) {
 #define WB_BIT(bits, k) (((bits) >> (k)) & 1)
 #define WB_INLINE static inline __attribute__((always_inline))
 
+/* ---- the gradient as every update sees it ----------------------------------------------------
+ * Unscaled by torch.amp.GradScaler's scale (and written back, as torch's fused kernels do: the
+ * caller sees the true gradient afterwards), negated to maximize (sign = -1), plus coupled
+ * weight decay, in torch.optim's order. `unscale` and `coupled` are compile-time flags of the
+ * caller's specialized loop. */
+WB_INLINE ACC wb_grad(T *restrict grad, int64_t i, ACC param, ACC scale, ACC sign,
+                      ACC weight_decay, const int unscale, const int coupled) {
+    ACC g = load(grad, i);
+    if (unscale) {
+        g = g / scale;
+        store(grad, i, g);
+    }
+    g = g * sign;
+    if (coupled) g = g + weight_decay * param;
+    return g;
+}
+
 /* ---- per-tensor step counters (0-dim fp32 or fp64 tensors, as torch.optim keeps them) ----- */
 
 enum { WB_STEP_F32 = 0, WB_STEP_F64 = 1 };

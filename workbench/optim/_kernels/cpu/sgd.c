@@ -21,14 +21,8 @@ WB_INLINE void sgd_loop(const sgd_ctx *c, int64_t t, int64_t begin, int64_t end,
     const ACC weight_decay = c->weight_decay, scale = c->grad_scale, sign = c->grad_sign;
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-        ACC g = load(grad, i);
         const ACC p = load(param, i);
-        if (unscale) { /* torch.amp.GradScaler: the caller sees the true gradient afterwards */
-            g = g / scale;
-            store(grad, i, g);
-        }
-        g = g * sign;
-        if (coupled) g = g + weight_decay * p;
+        ACC g = wb_grad(grad, i, p, scale, sign, weight_decay, unscale, coupled);
         if (has_momentum) {
             /* the first step starts the buffer from the gradient itself, as torch.optim does */
             const ACC b = first_step ? g : load(buf, i) * momentum + keep * g;
