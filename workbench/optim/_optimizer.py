@@ -194,10 +194,14 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         capturable = group.get("capturable", False)
         device_step = capturable or backend in DEVICE_STEP_BACKENDS
 
-        states = [self._state_for(p, group, device_step) for p in params]
         tensor_lists = [params, grads]
         creates_state = False  # whether the update may create lazy state (a None in its list)
-        for key in self.state_names:
+        if self._stateless(group):
+            states: list[dict[str, Tensor]] = []
+            tensor_lists += [[] for _ in self.state_names]
+        else:
+            states = [self._state_for(p, group, device_step) for p in params]
+        for key in self.state_names if states else ():
             values = [st.get(key) for st in states]
             if key in self.lazy_state:
                 creates_state = creates_state or any(v is None for v in values)
@@ -278,6 +282,11 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             for i, created in zip(indices, tensor_lists[2 + k]):
                 if created is not None and states[i].get(key) is None:
                     states[i][key] = _like_param(created, params[i])
+
+    def _stateless(self, group: dict[str, Any]) -> bool:
+        """Whether this group's settings keep no state at all (SGD without momentum): its params
+        get no state entry, and every state list reaches the update empty."""
+        return False
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = self.state[p]

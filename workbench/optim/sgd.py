@@ -285,11 +285,9 @@ class SGD(WorkbenchOptimizer):
             return cls.tensors_read, cls.tensors_written
         return cls.tensors_read + 1, cls.tensors_written + 1  # and the momentum buffer
 
-    def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
+    def _stateless(self, group: dict[str, Any]) -> bool:
         # torch.optim.SGD keeps no state entry at all without momentum, not even an empty one
-        if group["momentum"] == 0:
-            return {}
-        return super()._state_for(p, group, device_step)
+        return group["momentum"] == 0
 
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {}  # the momentum buffer is the first step's gradient: the update creates it
