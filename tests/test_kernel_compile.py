@@ -29,11 +29,7 @@ from workbench.optim._kernels._multi_tensor import (
 from workbench.optim._kernels.adamax import adamax_kernel
 
 _UNAVAILABLE = _aot.unavailable_reason()
-# (steps taken here must reach the Triton kernels, not the optimizers' C kernels for CPU)
-pytestmark = [
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE)),
-    pytest.mark.fused_triton,
-]
+pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE))
 
 CCS = (80, 90)
 DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16, "fp64": tl.float64}

@@ -17,11 +17,7 @@ from workbench.optim._kernels import _aot
 from workbench.optim._kernels import sgd as sgd_module
 from workbench.optim._kernels.sgd import sgd_kernel
 
-# (steps taken here must reach the Triton kernels, not the optimizers' C kernels for CPU)
-pytestmark = [
-    pytest.mark.skipif(aot.UNAVAILABLE is not None, reason=str(aot.UNAVAILABLE)),
-    pytest.mark.fused_triton,
-]
+pytestmark = pytest.mark.skipif(aot.UNAVAILABLE is not None, reason=str(aot.UNAVAILABLE))
 
 # The runtime parameters as launch() passes them: the pointer table, two Python ints, each float
 # hyperparameter as an fp32 pair (_precise.split); lr a pointer when LR_IS_TENSOR.

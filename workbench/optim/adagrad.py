@@ -117,7 +117,7 @@ def _adagrad_fused(
         cpu_kernels.launch(
             "adagrad",
             [params, grads, state_sums],
-            steps,
+            [steps],
             hyper=[float(x) for x in (lr, lr_decay, weight_decay, eps, scale)],
             flags=[maximize],
         )

@@ -238,8 +238,11 @@ def _adam_fused(
         cpu_kernels.launch(
             "adam",
             [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []),
-            steps,
-            hyper=[float(x) for x in (lr, beta1, beta2, eps, weight_decay, scale)],
+            [steps],
+            hyper=[
+                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay, scale)),
+                cpu_kernels.decay_factor(lr, weight_decay),
+            ],
             flags=[amsgrad, decoupled_weight_decay, maximize],
         )
         return

@@ -130,7 +130,7 @@ def _adamax_fused(
         cpu_kernels.launch(
             "adamax",
             [params, grads, exp_avgs, exp_infs],
-            steps,
+            [steps],
             hyper=[float(x) for x in (lr, beta1, beta2, eps, weight_decay)],
             flags=[maximize],
         )

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from . import _backends
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
@@ -196,6 +197,18 @@ def _nadam_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "nadam"):
+        cpu_kernels.launch(
+            "nadam",
+            [params, grads, exp_avgs, exp_avg_sqs],
+            [steps, mu_products],
+            hyper=[
+                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay, momentum_decay)),
+                cpu_kernels.decay_factor(lr, weight_decay),
+            ],
+            flags=[decoupled_weight_decay, maximize],
+        )
+        return
     from ._kernels.nadam import nadam_fused_step
 
     nadam_fused_step(
@@ -215,6 +228,7 @@ class NAdam(WorkbenchOptimizer):
 
     backends = ("forloop", "foreach", "fused", "compiled")
     # mu_product is a 0-dim tensor per param, not param-shaped: see _initial_state
+    cpu_kernel = "nadam"
     state_names = ("exp_avg", "exp_avg_sq", "mu_product")
     update_functions = {
         "forloop": _nadam_forloop,

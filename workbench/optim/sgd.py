@@ -193,7 +193,7 @@ def _sgd_fused_cpu(
         return  # GradScaler found an inf: the step is skipped (and starts no buffer)
     hyper = [float(x) for x in (lr, momentum, dampening, weight_decay, scale)]
     if momentum == 0:
-        cpu_kernels.launch("sgd", [params, grads], (), hyper, flags=[0, 0, nesterov, maximize])
+        cpu_kernels.launch("sgd", [params, grads], [], hyper, flags=[0, 0, nesterov, maximize])
         return
     new = [i for i, b in enumerate(momentum_buffers) if b is None]
     for i in new:
@@ -201,7 +201,7 @@ def _sgd_fused_cpu(
     if not new or len(new) == len(params):
         # the first step writes the buffers without reading them: its own specialized loop
         cpu_kernels.launch(
-            "sgd", [params, grads, momentum_buffers], (), hyper,
+            "sgd", [params, grads, momentum_buffers], [], hyper,
             flags=[1, bool(new), nesterov, maximize],
         )  # fmt: skip
         return
@@ -209,7 +209,7 @@ def _sgd_fused_cpu(
     old = [i for i in range(len(params)) if i not in starting]
     for first_step, part in ((1, new), (0, old)):
         roles = [[lst[i] for i in part] for lst in (params, grads, momentum_buffers)]
-        cpu_kernels.launch("sgd", roles, (), hyper, flags=[1, first_step, nesterov, maximize])
+        cpu_kernels.launch("sgd", roles, [], hyper, flags=[1, first_step, nesterov, maximize])
 
 
 class SGD(WorkbenchOptimizer):

@@ -67,6 +67,12 @@ def grad_scaler_scale(grad_scale: Tensor | None, found_inf: Tensor | None) -> fl
     return 0.0 if grad_scale is None else grad_scale.item()
 
 
+def decay_factor(lr: float | Tensor, weight_decay: float) -> float:
+    """1 - lr * weight_decay, the factor of a decoupled weight decay, as the forloop backend and
+    torch.optim compute it: in lr's dtype when lr is a tensor (an fp32 lr rounds it to fp32)."""
+    return float(1 - lr * weight_decay)
+
+
 def _function(kernel: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
     fn = _functions.get((kernel, dtype))
     if fn is None:
@@ -82,16 +88,17 @@ def _function(kernel: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
 def launch(
     kernel: str,
     element_roles: Sequence[Sequence[Tensor]],
-    steps: Sequence[Tensor],
+    scalar_roles: Sequence[Sequence[Tensor]],
     hyper: Sequence[float],
     flags: Sequence[int],
 ) -> None:
     """Run C kernel `kernel` over the parallel tensor lists of one (cpu, dtype) group.
 
     element_roles: param, grad and state lists, all of one dtype and shape tensor by tensor.
-    steps:         the per-param 0-dim step counters (or empty): the kernel adds one to each.
-    hyper, flags:  the kernel's float hyperparameters and integer flags, in its order; the step
-                   counters' dtype is appended to the flags here.
+    scalar_roles:  lists of per-param 0-dim fp32/fp64 tensors the kernel reads and advances
+                   (the step counters; NAdam's mu_product), or none.
+    hyper, flags:  the kernel's float hyperparameters and integer flags, in its order; each
+                   scalar role's dtype is appended to the flags here.
     Tensors that are not one dense block go through contiguous copies written back afterwards.
     """
     roles = element_roles
@@ -106,16 +113,20 @@ def launch(
                     original = role[i]
                     role[i] = original.contiguous()
                     write_back.append((original, role[i]))
-    step_dtype = steps[0].dtype if steps else torch.float32
-    if any(s.dtype != step_dtype for s in steps) or step_dtype not in _STEP_DTYPES:
-        raise TypeError(
-            f"fused {kernel} on CPU: step counters must all be float32 or all float64, got "
-            f"{sorted({str(s.dtype) for s in steps})}"
-        )
+    scalar_flags = []
+    for row in scalar_roles:
+        dtypes = {s.dtype for s in row}
+        if len(dtypes) != 1 or not dtypes <= _STEP_DTYPES.keys():
+            raise TypeError(
+                f"fused {kernel} on CPU: per-param scalars (step counters) must all be float32 or "
+                f"all float64, got {sorted(map(str, dtypes))}"
+            )
+        scalar_flags.append(_STEP_DTYPES[dtypes.pop()])
     table = array("q", [t.data_ptr() for role in roles for t in role])
-    table.extend([s.data_ptr() for s in steps])
+    for row in scalar_roles:
+        table.extend([s.data_ptr() for s in row])
     table.extend([t.numel() for t in roles[0]])
-    all_flags = [int(f) for f in flags] + [_STEP_DTYPES[step_dtype]]
+    all_flags = [int(f) for f in flags] + scalar_flags
     function = _function(kernel, roles[0][0].dtype)
     args = (
         ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64)),

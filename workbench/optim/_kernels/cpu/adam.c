@@ -6,7 +6,8 @@
  */
 #include "multi_tensor.h"
 
-/* hyper: lr, beta1, beta2, eps, weight_decay, grad_scale (0: none)
+/* hyper: lr, beta1, beta2, eps, weight_decay, grad_scale (0: none), 1 - lr * weight_decay (in
+ *        lr's dtype: computed by the caller)
  * flags: amsgrad, decoupled_weight_decay, maximize, step dtype
  * table roles: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq,] step */
 typedef struct {
@@ -74,7 +75,7 @@ WB_EXPORT(adam)(const int64_t *table, int64_t n, const double *hyper, const int6
         .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
         .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
-        .weight_decay = (ACC)hyper[4], .decay_factor = flags[1] ? (ACC)(1.0 - lr * hyper[4]) : (ACC)1,
+        .weight_decay = (ACC)hyper[4], .decay_factor = flags[1] ? (ACC)hyper[6] : (ACC)1,
         .grad_scale = (ACC)hyper[5], .grad_sign = flags[2] ? (ACC)-1 : (ACC)1,
         .amsgrad = amsgrad, .coupled = !flags[1] && hyper[4] != 0, .unscale = hyper[5] != 0,
     };

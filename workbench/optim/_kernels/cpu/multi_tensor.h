@@ -136,6 +136,17 @@ static inline double wb_increment_step(int64_t address, int64_t step_dtype) {
     return *step += 1.0f;
 }
 
+/* Multiply the per-tensor scalar at `address` by `factor` as torch's 0-dim `mul_` would (in the
+ * scalar's own dtype) and return the new value. */
+static inline double wb_scale_scalar(int64_t address, int64_t dtype, double factor) {
+    if (dtype == WB_STEP_F64) {
+        double *x = (double *)(intptr_t)address;
+        return *x *= factor;
+    }
+    float *x = (float *)(intptr_t)address;
+    return *x *= (float)factor;
+}
+
 /* ---- the parallel walk over the concatenation of all tensors ------------------------------ */
 
 /* Update elements [begin, end) of tensor `tensor`. */

@@ -1,0 +1,85 @@
+/* Fused NAdam on the CPU: param, grad, exp_avg and exp_avg_sq read and written once, in the
+ * forloop backend's order of operations; step and mu_product advanced per tensor first. */
+#include "multi_tensor.h"
+
+/* hyper: lr, beta1, beta2, eps, weight_decay, momentum_decay, 1 - lr * weight_decay (in lr's
+ *        dtype: computed by the caller)
+ * flags: decoupled_weight_decay, maximize, step dtype, mu_product dtype
+ * table roles: param, grad, exp_avg, exp_avg_sq, step, mu_product */
+typedef struct {
+    T *const *param, *const *grad, *const *exp_avg, *const *exp_avg_sq;
+    /* per tensor, from its own step: the two update coefficients and 1 - beta2^t */
+    const ACC *grad_coef, *avg_coef, *bias_correction2;
+    ACC one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, grad_sign;
+    int coupled;
+} nadam_ctx;
+
+/* specialized on coupled weight decay (see multi_tensor.h) */
+WB_INLINE void nadam_loop(const nadam_ctx *c, int64_t t, int64_t begin, int64_t end,
+                          const int coupled) {
+    T *restrict param = c->param[t], *restrict grad = c->grad[t];
+    T *restrict exp_avg = c->exp_avg[t], *restrict exp_avg_sq = c->exp_avg_sq[t];
+    const ACC grad_coef = c->grad_coef[t], avg_coef = c->avg_coef[t];
+    const ACC bias_correction2 = c->bias_correction2[t];
+    const ACC w = c->one_minus_beta1, beta2 = c->beta2, one_minus_beta2 = c->one_minus_beta2;
+    const ACC eps = c->eps, weight_decay = c->weight_decay, decay = c->decay_factor;
+    const ACC sign = c->grad_sign;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+        /* decoupled weight decay (decay = 1 otherwise); coupled and decoupled never meet */
+        const ACC p = load(param, i) * decay;
+        const ACC g = wb_grad(grad, i, p, 1, sign, weight_decay, 0, coupled);
+        const ACC m = wb_lerp(load(exp_avg, i), g, w);
+        const ACC v = load(exp_avg_sq, i) * beta2 + one_minus_beta2 * g * g;
+        store(exp_avg, i, m);
+        store(exp_avg_sq, i, v);
+        const ACC denom = wb_sqrt(v / bias_correction2) + eps;
+        /* two updates, in torch's order (in fp32 math both: fp16/bf16 round once, when stored) */
+        const ACC once = p + grad_coef * g / denom;
+        store(param, i, once + avg_coef * m / denom);
+    }
+}
+
+static void nadam_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
+    const nadam_ctx *c = raw;
+    if (c->coupled)
+        nadam_loop(c, t, begin, end, 1);
+    else
+        nadam_loop(c, t, begin, end, 0);
+}
+
+/* the momentum coefficient of step `step` */
+static double nadam_mu(double beta1, double step, double momentum_decay) {
+    return beta1 * (1.0 - 0.5 * pow(0.96, step * momentum_decay));
+}
+
+WB_EXPORT(nadam)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
+                 int num_threads) {
+    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2], weight_decay = hyper[4];
+    const double momentum_decay = hyper[5];
+    const int decoupled = (int)flags[0];
+    const int64_t m = n > 0 ? n : 1;
+    ACC grad_coef[m], avg_coef[m], bias_correction2[m];
+    for (int64_t t = 0; t < n; ++t) {
+        const double step = wb_increment_step(table[4 * n + t], flags[2]);
+        const double mu = nadam_mu(beta1, step, momentum_decay);
+        const double mu_next = nadam_mu(beta1, step + 1.0, momentum_decay);
+        /* the product as stored (fp32 when torch keeps it so), as torch.optim reads it back */
+        const double product = wb_scale_scalar(table[5 * n + t], flags[3], mu);
+        grad_coef[t] = (ACC)(-lr * (1.0 - mu) / (1.0 - product));
+        avg_coef[t] = (ACC)(-lr * mu_next / (1.0 - product * mu_next));
+        bias_correction2[t] = (ACC)(1.0 - pow(beta2, step));
+    }
+    const nadam_ctx ctx = {
+        .param = (T *const *)(table), .grad = (T *const *)(table + n),
+        .exp_avg = (T *const *)(table + 2 * n), .exp_avg_sq = (T *const *)(table + 3 * n),
+        .grad_coef = grad_coef, .avg_coef = avg_coef, .bias_correction2 = bias_correction2,
+        .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
+        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
+        .weight_decay = (ACC)weight_decay,
+        .decay_factor = decoupled && weight_decay != 0 ? (ACC)hyper[6] : (ACC)1,
+        .grad_sign = flags[1] ? (ACC)-1 : (ACC)1,
+        .coupled = !decoupled && weight_decay != 0,
+    };
+    wb_parallel(table + 6 * n, n, num_threads, nadam_range, &ctx);
+}
