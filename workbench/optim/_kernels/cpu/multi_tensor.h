@@ -1,19 +1,22 @@
 /* The CPU side of the fused backend: one OpenMP parallel region over many tensors.
  *
- * Every kernel here is compiled once per storage dtype (build.py passes -DWB_DTYPE_*), exports
- * one function per dtype with the signature of `wb_kernel_fn`, and updates every tensor of one
- * (device, dtype) group in one call:
+ * Every kernel here is compiled once per storage dtype (build.py passes -DWB_DTYPE_*) and
+ * exports, per dtype, `void <kernel>_<dtype>(const int64_t *table, int64_t n, const double *hyper,
+ * const int64_t *flags, int num_threads)`, which updates the n tensors of one (device, dtype)
+ * group in one call:
  *
- *   table:  [role 0 pointers | role 1 pointers | ... | step pointers | numels], one entry per
- *           tensor in each row (int64); roles are the parallel tensor lists (param, grad, state)
- *   hyper:  the optimizer's float hyperparameters (double), in the order its Python side packs
- *   flags:  its integer flags
+ *   table:  [role 0 pointers | role 1 pointers | ... | scalar rows | numels], one int64 entry per
+ *           tensor in each row; roles are the parallel tensor lists (param, grad, state), scalar
+ *           rows point at per-tensor 0-dim tensors (the step counters)
+ *   hyper:  the optimizer's float hyperparameters, in the order its Python side packs them
+ *   flags:  its integer flags, then one dtype code per scalar row (WB_STEP_F32 / WB_STEP_F64)
  *
- * Why not one parallel_for per tensor, as ATen's fused CPU kernels do: each one ends in a
- * barrier, and for 100 tensors of 100k elements those barriers and the uneven split of each small
- * tensor cost a measurable part of a memory-bound step. Here the tensors are treated as one
- * concatenation and each thread takes one contiguous stretch of it (cut at 64-byte multiples, so
- * no two threads write one cache line), with one barrier at the end.
+ * Why not one parallel_for per tensor, as ATen's fused CPU kernels do: each ends in a barrier,
+ * and each small tensor is split in as many pieces as there are threads. Here the tensors are
+ * treated as one concatenation and each thread takes one contiguous stretch of it, with one
+ * barrier at the end. Stretches are cut at multiples of a cache line's worth of elements: for
+ * 64-byte aligned tensors whose lengths are multiples of that (the usual case), no two threads
+ * write one line.
  */
 #ifndef WB_MULTI_TENSOR_H
 #define WB_MULTI_TENSOR_H
