@@ -197,12 +197,12 @@ def test_probe_takes_the_faster_of_copy_and_in_place_update(
     seen: list[float] = []
     timings = iter([0.010, 0.012])  # copy: 10 ms, in-place update: 12 ms
 
-    def fake_best(one_pass, warmup, reps, min_s):
+    def fake_median(one_pass, warmup, reps, min_s):
         one_pass()
         seen.append(min_s)
         return next(timings)
 
-    monkeypatch.setattr(bandwidth, "_best_cpu_s", fake_best)
+    monkeypatch.setattr(bandwidth, "_median_cpu_s", fake_median)
     bw = bandwidth.stream_bandwidth(CPU, nbytes=4 * MiB, min_s=1.0)
     assert bw == pytest.approx(3 * 4 * MiB / 0.012)  # 1.05 GB/s beats the copy's 0.84
     assert seen == [0.5, 0.5]  # the probe's time is shared between its two passes

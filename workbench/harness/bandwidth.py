@@ -19,6 +19,7 @@ fraction of the ceiling.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,17 +42,18 @@ def achieved_bandwidth(minimal_bytes: float, median_s: float) -> float:
 def stream_bandwidth(
     device: torch.device | str, nbytes: int | None = None, reps: int = 20, min_s: float = 1.0
 ) -> float:
-    """Best streaming bandwidth on `device`, in bytes/s (read + written): the faster of a copy
-    and an in-place update (see the module docstring), each over at least `reps` passes (and
+    """Streaming bandwidth on `device`, in bytes/s (read + written): the faster of a copy and an
+    in-place update (see the module docstring), each the median of at least `reps` passes (and
     `min_s` seconds on CPU).
 
     `nbytes` is each buffer's size; by default 256 MiB on CUDA and, on CPU, twice the machine's
     total last-level cache (at least 64 MiB), so the two buffers span four times the cache.
-    Best-of, as STREAM reports: the probe stands for what the memory system can do, and the
-    slower repetitions measure interference (other tenants, frequency changes), not the machine.
-    The passes span `min_s` because a burst of interference can outlast 20 copies of 64 MiB (on
-    a shared 2-core VM one probe read 44 GB/s where the others read 74): every ratio to the probe
-    in the run would inherit it.
+    The median, as the steps it is held against are timed: on a shared VM the best pass catches
+    bursts no step sees (one run's best in-place pass read 149 GB/s where steps and later
+    medians read 60-75; STREAM's best-of assumes a machine of one's own). The passes span
+    `min_s` because a burst of interference can outlast 20 copies of 64 MiB (on a shared 2-core
+    VM one copy probe read 44 GB/s where the others read 74): every ratio to the probe in the
+    run would inherit it.
     """
     device = torch.device(device)
     if nbytes is None:
@@ -68,9 +70,9 @@ def stream_bandwidth(
     best_rate = 0.0
     for moved, one_pass in passes:
         if device.type == "cuda":
-            seconds = _best_cuda_s(one_pass, device, _WARMUP, reps)
+            seconds = _median_cuda_s(one_pass, device, _WARMUP, reps)
         else:
-            seconds = _best_cpu_s(one_pass, _WARMUP, reps, min_s / len(passes))
+            seconds = _median_cpu_s(one_pass, _WARMUP, reps, min_s / len(passes))
         best_rate = max(best_rate, moved / seconds)
     return best_rate
 
@@ -78,19 +80,19 @@ def stream_bandwidth(
 _WARMUP = 3
 
 
-def _best_cpu_s(one_pass: Callable[[], object], warmup: int, reps: int, min_s: float) -> float:
+def _median_cpu_s(one_pass: Callable[[], object], warmup: int, reps: int, min_s: float) -> float:
     for _ in range(warmup):
         one_pass()
-    best, n, start = float("inf"), 0, time.perf_counter()
-    while n < reps or time.perf_counter() - start < min_s:
+    seconds: list[float] = []
+    start = time.perf_counter()
+    while len(seconds) < reps or time.perf_counter() - start < min_s:
         t0 = time.perf_counter()
         one_pass()
-        best = min(best, time.perf_counter() - t0)
-        n += 1
-    return best
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
 
 
-def _best_cuda_s(
+def _median_cuda_s(
     one_pass: Callable[[], object], device: torch.device, warmup: int, reps: int
 ) -> float:
     for _ in range(warmup):
@@ -104,7 +106,7 @@ def _best_cuda_s(
         one_pass()
         end.record()
     torch.cuda.synchronize(device)
-    return min(start.elapsed_time(end) for start, end in events) / 1e3
+    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
 
 
 def _cpu_default_bytes() -> int:

@@ -147,7 +147,7 @@ def bandwidth_fraction(
         "bw_fraction",
         "achieved / stream probe",
         log_y=False,
-        reference=(1.0, "stream probe (copy)"),
+        reference=(1.0, "stream probe"),
     )
     probes = ", ".join(
         f"{dev} {bw / 1e9:.0f} GB/s" for dev, bw in (stream_bandwidth or {}).items() if bw

@@ -61,8 +61,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec(
         "bandwidth_fraction",
         "Bandwidth roofline",
-        "Minimal bytes moved per step / median time, as a fraction of a copy-bandwidth probe "
-        "measured on the same device in this run. 1.0 is the roofline.",
+        "Minimal bytes moved per step / median time, as a fraction of a streaming-bandwidth "
+        "probe (the faster of a copy and an in-place add, median pass) measured on the same "
+        "device in this run. 1.0 is the roofline.",
         lambda df, m: bandwidth_fraction(df, m.get("stream_bandwidth")),
     ),
     FigureSpec(
