@@ -38,7 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install -q -e ".[fused,dev,peers]"
+	@# the project's dependencies must not move torch (a peer's newer release asking for a newer
+	@# torch once pulled torch 2.14 over TORCH_SPEC): keep the torch installed above
+	$(PY) -c 'import torch; print("torch==" + torch.__version__)' > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q -e ".[fused,dev,peers]" -c $(VENV)/torch-constraint.txt
 	@touch $@
 
 bench: install
