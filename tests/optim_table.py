@@ -27,6 +27,10 @@ class OptimEntry:
     configs: list[dict[str, Any]]
     # kwargs that only ours understands, or that torch.optim refuses on CPU
     ours_only: tuple[str, ...] = ("capturable",)
+    # flags ours takes that torch.optim's class takes only from a later release (LBFGS's
+    # maximize, torch 2.14): where the installed torch lacks one, its group has no such key and
+    # its parity runs against torch on an equivalent problem (see the entry's side_by_side)
+    later_torch_flags: tuple[str, ...] = ()
     # a bad-input table: (kwargs, error type, message regex)
     errors: list[tuple[dict[str, Any], type[Exception], str]] = field(default_factory=list)
     # group hyperparameters under which a step leaves the params as they are (Rprop: lr only sets
@@ -70,6 +74,11 @@ class OptimEntry:
 
     def torch_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in config.items() if k not in self.ours_only}
+
+    def torch_lacks(self) -> set[str]:
+        """The later-torch flags the installed torch.optim class does not take."""
+        takes = inspect.signature(self.torch_cls).parameters
+        return {flag for flag in self.later_torch_flags if flag not in takes}
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -393,7 +402,8 @@ RMSPROP = OptimEntry(
 )  # fmt: skip
 
 # torch's LBFGS configs (optim_inputs_func_lbfgs); ours add a short history (it fills, then
-# shifts) with the line search, few iterations per step, and a zero lr
+# shifts) with the line search, few iterations per step, a zero lr, and maximize (with and
+# without the line search)
 LBFGS = OptimEntry(
     name="LBFGS",
     configs=[
@@ -404,8 +414,11 @@ LBFGS = OptimEntry(
         {"line_search_fn": "strong_wolfe"},
         {"history_size": 2, "max_iter": 6, "line_search_fn": "strong_wolfe"},
         {"history_size": 3, "max_iter": 5, "max_eval": 7, "lr": torch.tensor(0.5)},
+        {"maximize": True},
+        {"maximize": True, "history_size": 2, "max_iter": 6, "line_search_fn": "strong_wolfe"},
     ],
     ours_only=(),
+    later_torch_flags=("maximize",),
     errors=[
         ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
@@ -468,7 +481,18 @@ ADAFACTOR = OptimEntry(
     empty_params=False,
 )
 
-# torch's Muon configs (optim_inputs_func_muon); ours add plain momentum, both lr adjustments,
+
+def _takes_adjust_lr_fn(name: str) -> bool:
+    try:
+        torch.optim.Muon([torch.zeros(2, 2, requires_grad=True)], adjust_lr_fn=name)
+    except ValueError:
+        return False
+    return True
+
+
+_MUON_SPECTRAL = _takes_adjust_lr_fn("spectral_unclamped")
+
+# torch's Muon configs (optim_inputs_func_muon); ours add plain momentum, the lr adjustments,
 # and everything at once with a tensor lr. (Its refusals of params that are not 2-D or real are
 # about the params: tests/test_muon.py.) Second to last is the low-precision tests' widest case:
 # nesterov stays on there, see test_muon.py for bf16 without it.
@@ -484,6 +508,8 @@ MUON = OptimEntry(
         {"ns_coefficients": (3.4, -4.7, 2.0)},
         {"nesterov": False, "lr": 0.02},
         {"adjust_lr_fn": "original", "lr": 0.02},
+        # from torch 2.14 (before, tests/test_muon.py checks it without torch)
+        *([{"adjust_lr_fn": "spectral_unclamped", "weight_decay": 0.05}] if _MUON_SPECTRAL else []),
         {"lr": torch.tensor(0.01), "momentum": 0.5, "nesterov": False, "weight_decay": 0.05,
          "adjust_lr_fn": "match_rms_adamw", "ns_steps": 3, "eps": 1e-3},
         {"adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "weight_decay": 0.05},

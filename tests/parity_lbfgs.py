@@ -33,6 +33,7 @@ from tests.parity_special import (
     _rosenbrock,
     assert_same_loss_and_params,
     assert_same_state,
+    lbfgs_pair,
     lbfgs_side_by_side,
 )
 
@@ -52,18 +53,22 @@ def compiled_side_by_side(entry: Any, config: dict, dtype: torch.dtype) -> None:
     for make in (_rosenbrock, _least_squares_mlp):
         (params, loss_fn), (ref_params, ref_loss_fn) = make(dtype), make(dtype)
         ours = entry.ours(params, backend="compiled", **config)
-        ref = entry.torch_cls(ref_params, **entry.torch_kwargs(config))
+        loss_fn, ref, ref_loss_fn, sign = lbfgs_pair(
+            entry, config, loss_fn, ref_params, ref_loss_fn
+        )
+        ours_maximize = config.get("maximize", False)
         for i in range(steps):
             if i:
                 ours.load_state_dict(copy.deepcopy(ref.state_dict()))
-                ours.param_groups[0]["backend"] = "compiled"  # (torch's state_dict has none)
+                # (torch's state_dict has no backend, nor maximize before torch 2.14)
+                ours.param_groups[0].update(backend="compiled", maximize=ours_maximize)
                 with torch.no_grad():
                     for p, q in zip(params, ref_params):
                         p.copy_(q)
             got = ours.step(_closure(ours, loss_fn))
             want = ref.step(_closure(ref, ref_loss_fn))
             where = f"{make.__name__}, step {i} from torch's state"
-            assert_same_loss_and_params(got, want, params, ref_params, where)
+            assert_same_loss_and_params(got, sign * want, params, ref_params, where)
             mine, theirs = ours.state[params[0]], ref.state[ref_params[0]]
             assert_same_lbfgs_state(mine, theirs, where, al_values=not one_iteration)
 

@@ -66,13 +66,38 @@ def lbfgs_side_by_side(entry: Any, backend: str, config: dict, dtype: torch.dtyp
     for make in (_rosenbrock, _least_squares_mlp):
         (params, loss_fn), (ref_params, ref_loss_fn) = make(dtype), make(dtype)
         ours = entry.ours(params, backend=backend, **config)
-        ref = entry.torch_cls(ref_params, **entry.torch_kwargs(config))
+        loss_fn, ref, ref_loss_fn, sign = lbfgs_pair(
+            entry, config, loss_fn, ref_params, ref_loss_fn
+        )
         for i in range(4):
             got = ours.step(_closure(ours, loss_fn))
             want = ref.step(_closure(ref, ref_loss_fn))
             where = f"{make.__name__} after step {i}"
-            assert_same_loss_and_params(got, want, params, ref_params, where)
+            assert_same_loss_and_params(got, sign * want, params, ref_params, where)
             assert_same_state(ours.state[params[0]], ref.state[ref_params[0]], where)
+
+
+Loss = Callable[[], torch.Tensor]
+
+
+def lbfgs_pair(
+    entry: Any, config: dict, loss_fn: Loss, ref_params: list[torch.Tensor], ref_loss_fn: Loss
+) -> tuple[Loss, torch.optim.Optimizer, Loss, int]:
+    """The losses ours and torch's LBFGS run under `config`, torch's optimizer, and the sign that
+    turns the loss torch's step returns into ours's.
+
+    To maximize, ours gets -f (the test problems are minimizations: -f has a maximum to go
+    to). Maximizing -f is minimizing f, to the last bit (negation is exact): where the installed
+    torch has no `maximize` (before 2.14), torch minimizes f, and every state entry (flat grads,
+    prev_loss: what maximize negates) is then what ours keeps."""
+    kwargs = entry.torch_kwargs(config)
+    if not kwargs.get("maximize"):
+        return loss_fn, entry.torch_cls(ref_params, **kwargs), ref_loss_fn, 1
+    negated = lambda: -loss_fn()  # noqa: E731
+    if "maximize" in entry.torch_lacks():
+        del kwargs["maximize"]
+        return negated, entry.torch_cls(ref_params, **kwargs), ref_loss_fn, -1
+    return negated, entry.torch_cls(ref_params, **kwargs), lambda: -ref_loss_fn(), 1
 
 
 def assert_same_loss_and_params(

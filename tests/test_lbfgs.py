@@ -44,6 +44,34 @@ def test_step_needs_a_closure() -> None:
         LBFGS([torch.randn(2, requires_grad=True)]).step()  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(
+    "backend", ["forloop", pytest.param("compiled", marks=pytest.mark.compile)]
+)
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_maximize_climbs_to_the_maximum(backend: str, line_search_fn: str | None) -> None:
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = LBFGS([x], maximize=True, line_search_fn=line_search_fn, backend=backend)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = 5 - (x - target).pow(2).sum()  # concave: its maximum, 5, at the target
+        value.backward()
+        return value
+
+    first = opt.step(closure)
+    assert first.item() == pytest.approx(5 - target.pow(2).sum().item())  # the closure's own value
+    torch.testing.assert_close(x.detach(), target)
+
+
+def test_an_empty_param_list_steps_to_the_closures_loss() -> None:
+    """As torch 2.14: nothing to optimize, the closure still evaluated once, no state."""
+    opt = LBFGS([{"params": []}])
+    calls = []
+    assert opt.step(lambda: calls.append(1) or torch.tensor(2.5)).item() == 2.5
+    assert calls == [1] and not opt.state
+
+
 # A smooth, well-conditioned problem (a quartic bowl with a coupling term), on which last-bit
 # differences stay last-bit (unlike Rosenbrock, see tests/parity_lbfgs.py): the compiled backend
 # can be held to torch's trajectory over several steps.

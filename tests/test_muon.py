@@ -75,6 +75,8 @@ def test_orthogonalize_leaves_its_input_alone() -> None:
         ("original", (2, 8), 1.0),
         ("match_rms_adamw", (9, 25), 1.0),  # 0.2 * sqrt(max(A, B))
         ("match_rms_adamw", (100, 4), 2.0),
+        ("spectral_unclamped", (8, 2), 2.0),  # sqrt(A / B): as "original" for tall ones,
+        ("spectral_unclamped", (2, 8), 0.5),  # below 1 for wide ones
     ],
 )
 def test_adjust_lr_fn(fn: str | None, shape: tuple[int, int], ratio: float) -> None:

@@ -14,7 +14,8 @@ or the step a strong Wolfe line search finds from there (``line_search_fn="stron
 bracketing, then zoom, both picking trial points by cubic interpolation). An iteration loop ends at
 ``max_iter`` iterations, ``max_eval`` closure calls, a gradient below ``tolerance_grad`` (max
 norm), or a step or loss change below ``tolerance_change``. (Nocedal & Wright, "Numerical
-Optimization", algorithms 7.4 and 3.5-3.6.)
+Optimization", algorithms 7.4 and 3.5-3.6.) ``maximize`` runs all of it on the negated loss and
+gradient (torch.optim.LBFGS has the flag from torch 2.14).
 
 State, kept on the first param as torch.optim does (so state_dicts cross over): ``func_evals``,
 ``n_iter`` (ints), ``d``, ``t``, ``old_dirs`` (the y's), ``old_stps`` (the s's), ``ro``
@@ -99,6 +100,7 @@ class LBFGS(WorkbenchOptimizer):
         history_size: int = 100,
         line_search_fn: str | None = None,
         *,
+        maximize: bool = False,
         backend: str | None = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -115,6 +117,7 @@ class LBFGS(WorkbenchOptimizer):
             "tolerance_change": tolerance_change,
             "history_size": history_size,
             "line_search_fn": line_search_fn,
+            "maximize": maximize,
         }
         super().__init__(params, defaults, backend=backend)
         if len(self.param_groups) != 1:
@@ -122,10 +125,12 @@ class LBFGS(WorkbenchOptimizer):
         self._params: list[Tensor] = self.param_groups[0]["params"]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch.optim.Optimizer's, not the base class's: LBFGS has no foreach/maximize/... flags
+        # torch.optim.Optimizer's, not the base class's: LBFGS has no foreach/differentiable/...
+        # flags; torch's state_dicts before 2.14 have no maximize either
         torch.optim.Optimizer.__setstate__(self, state)
         for group in self.param_groups:
             group.setdefault("backend", None)
+            group.setdefault("maximize", False)
 
     @classmethod
     def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
@@ -138,20 +143,33 @@ class LBFGS(WorkbenchOptimizer):
 
     def _work(self, state: dict[str, Any], group: dict[str, Any]) -> ForloopWork | CompiledWork:
         """The per-iteration tensor work of this step, in the group's backend."""
+        maximize = group.get("maximize", False)
         if self.resolve_backend(group, self._params) != "compiled":
-            return ForloopWork(self._params, state, group["history_size"])
+            return ForloopWork(self._params, state, group["history_size"], maximize)
         # the ring outlives the step (its buffers are the state's storage), not a pickle or a
         # deepcopy of the optimizer: then it is rebuilt from the state
         self._ring = ring_for_step(
             getattr(self, "_ring", None), self._params, state, group["history_size"]
         )
-        return CompiledWork(self._ring, self._params)
+        return CompiledWork(self._ring, self._params, maximize)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations; returns the closure's first loss."""
         group = self.param_groups[0]
         closure = torch.enable_grad()(closure)
+        if not self._params:
+            # nothing to optimize (a group given an empty list): the caller still gets its loss,
+            # as from torch 2.14 (the state below is keyed on the first param)
+            return closure()
+        # what the iterations minimize: the loss, or its negation to maximize (the work objects
+        # negate the gradients to match)
+        maximize = group.get("maximize", False)
+
+        def objective() -> float:
+            value = float(closure())
+            return -value if maximize else value
+
         lr = group["lr"]
         if isinstance(lr, Tensor) and lr.dim() != 0:
             lr = lr.squeeze()
@@ -164,7 +182,7 @@ class LBFGS(WorkbenchOptimizer):
         work = self._work(state, group)
 
         first_loss = closure()
-        loss = float(first_loss)
+        loss = -float(first_loss) if maximize else float(first_loss)
         evals = 1
         state["func_evals"] += 1
         flat_grad, grad_max = work.gather()
@@ -190,7 +208,7 @@ class LBFGS(WorkbenchOptimizer):
                     raise RuntimeError("only 'strong_wolfe' is supported")
                 x = [p.clone(memory_format=torch.contiguous_format) for p in self._params]
                 loss, flat_grad, t, ls_evals = strong_wolfe(
-                    lambda x, t, d: work.evaluate_along(closure, x, t, d),
+                    lambda x, t, d: work.evaluate_along(objective, x, t, d),
                     x, t, d, loss, flat_grad, gtd, max_ls=max_eval - evals,
                 )  # fmt: skip
                 step_max = work.advance(t, d)
@@ -200,7 +218,7 @@ class LBFGS(WorkbenchOptimizer):
                 ls_evals = 0
                 optimal = False
                 if it != max_iter:  # the last iteration's loss would only be thrown away
-                    loss = float(closure())
+                    loss = objective()
                     flat_grad, grad_max = work.gather()
                     optimal = grad_max <= tol_grad
                     ls_evals = 1
@@ -221,8 +239,11 @@ class ForloopWork:
     """The per-iteration tensor work of LBFGS.step in torch's own ops and order (the forloop
     backend, the reference). lbfgs_compiled.CompiledWork has the same methods."""
 
-    def __init__(self, params: list[Tensor], state: dict[str, Any], history_size: int) -> None:
+    def __init__(
+        self, params: list[Tensor], state: dict[str, Any], history_size: int, maximize: bool
+    ) -> None:
         self.params = params
+        self.maximize = maximize
         self.state = state
         self.history_size = history_size
         self.old_dirs, self.old_stps = state.get("old_dirs"), state.get("old_stps")
@@ -244,7 +265,8 @@ class ForloopWork:
             else:
                 g = p.grad.view(-1)
             pieces.append(torch.view_as_real(g).view(-1) if g.is_complex() else g)
-        return torch.cat(pieces)
+        flat = torch.cat(pieces)
+        return flat.neg_() if self.maximize else flat
 
     def first_direction(self, flat_grad: Tensor) -> tuple[Tensor, Tensor]:
         """d = -g, the history empty; returns d and g.d."""
@@ -292,11 +314,11 @@ class ForloopWork:
         return d.mul(t).abs().max()
 
     def evaluate_along(
-        self, closure: Callable[[], Any], x: list[Tensor], t: Number, d: Tensor
+        self, objective: Callable[[], float], x: list[Tensor], t: Number, d: Tensor
     ) -> tuple[float, Tensor]:
-        """Loss and flat grad at x + t d; the params are put back to x afterwards."""
+        """Objective and flat grad at x + t d; the params are put back to x afterwards."""
         self.move(t, d)
-        loss = float(closure())
+        loss = objective()
         flat_grad = self._flat_grad()
         for p, saved in zip(self.params, x):
             p.copy_(saved)

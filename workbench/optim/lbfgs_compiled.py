@@ -54,9 +54,11 @@ HISTORY_KEYS = ("d", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "
 # ---- the graphs (plain functions: `compiled()` turns each into one graph per problem shape) -----
 
 
-def gather_flat_grad(grads: list[Tensor], out: Tensor, checks: Tensor) -> None:
-    """The grads as one flat vector into ``out``; its max norm into ``checks[GRAD_MAX]``."""
-    out.copy_(torch.cat([g.reshape(-1) for g in grads]))
+def gather_flat_grad(grads: list[Tensor], out: Tensor, checks: Tensor, negate: bool) -> None:
+    """The grads as one flat vector into ``out`` (negated to maximize); its max norm into
+    ``checks[GRAD_MAX]``."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    out.copy_(flat.neg() if negate else flat)
     checks[GRAD_MAX] = out.abs().max()
 
 
@@ -274,9 +276,10 @@ class CompiledWork:
     valid until the next call that writes them (the step loop uses each before that).
     """
 
-    def __init__(self, ring: RingHistory, params: list[Tensor]) -> None:
+    def __init__(self, ring: RingHistory, params: list[Tensor], maximize: bool) -> None:
         self.ring = ring
         self.params = params
+        self.maximize = maximize
         self.real_params = [torch.view_as_real(p) if p.is_complex() else p for p in params]
         self.two_loop_ran = False
 
@@ -293,7 +296,7 @@ class CompiledWork:
         return grads
 
     def _gather_into(self, out: Tensor) -> Tensor:
-        _backends.compiled(gather_flat_grad)(self._grads(), out, self.ring.checks)
+        _backends.compiled(gather_flat_grad)(self._grads(), out, self.ring.checks, self.maximize)
         return out
 
     def gather(self) -> tuple[Tensor, Tensor]:
@@ -334,11 +337,11 @@ class CompiledWork:
         return self.ring.checks[STEP_MAX]
 
     def evaluate_along(
-        self, closure: Any, x: list[Tensor], t: Any, d: Tensor
+        self, objective: Any, x: list[Tensor], t: Any, d: Tensor
     ) -> tuple[float, Tensor]:
-        """Loss and flat grad (a new tensor) at x + t d; the params are put back to x."""
+        """Objective and flat grad (a new tensor) at x + t d; the params are put back to x."""
         self.move(t, d)
-        loss = float(closure())
+        loss = objective()
         flat_grad = self._gather_into(torch.empty_like(self.ring.flat_grad))
         torch._foreach_copy_(self.params, x)
         return loss, flat_grad

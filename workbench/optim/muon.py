@@ -16,7 +16,8 @@ it has more rows than columns), then :math:`k` times
 the param in the param's dtype. :math:`r` scales lr by the param's shape :math:`A \times B`
 (``adjust_lr_fn``): :math:`\sqrt{\max(1, A/B)}` for None and "original" (Keller Jordan's),
 :math:`0.2\sqrt{\max(A, B)}` for "match_rms_adamw" (Moonshot's, "Muon is Scalable for LLM
-Training").
+Training"), :math:`\sqrt{A/B}` for "spectral_unclamped" (Bernstein's "Deriving Muon": the spectral
+norm condition without the clamp at 1; torch.optim.Muon has it from torch 2.14).
 
 State per param, as torch.optim: ``momentum_buffer`` (B), zeros like the grad, created at the
 param's first step. No ``step`` counter; no ``maximize`` flag (torch's Muon has none).
@@ -54,7 +55,7 @@ from ._optimizer import WorkbenchOptimizer
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 EPS = 1e-7
 NS_STEPS = 5
-ADJUST_LR_FNS = ("original", "match_rms_adamw")
+ADJUST_LR_FNS = ("original", "match_rms_adamw", "spectral_unclamped")
 
 
 def orthogonalize(
@@ -89,6 +90,8 @@ def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
         return math.sqrt(max(1, rows / cols))
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn == "spectral_unclamped":
+        return math.sqrt(rows / cols)
     raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
 
 
