@@ -33,6 +33,7 @@ CONFIGS = {
         {"momentum": 0.9, "weight_decay": 0.1},
         {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
     ],
+    "Adadelta": [{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
 }
 
 
