@@ -27,6 +27,13 @@ CONFIGS = {
     "SGD": [{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"lr": 0.05}],
     "Adagrad": [{"lr_decay": 0.01, "weight_decay": 0.1, "maximize": True}],
     "NAdam": [{"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
+    "RMSprop": [
+        {},
+        {"centered": True, "weight_decay": 0.1, "maximize": True},
+        {"momentum": 0.9, "weight_decay": 0.1},
+        {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
+    ],
+    "Adadelta": [{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
 }
 
 

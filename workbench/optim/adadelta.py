@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -121,6 +122,15 @@ def _adadelta_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "adadelta"):
+        cpu_kernels.launch(
+            "adadelta",
+            [params, grads, square_avgs, acc_deltas],
+            [steps],
+            hyper=[float(x) for x in (lr, rho, eps, weight_decay)],
+            flags=[maximize],
+        )
+        return
     from ._kernels.adadelta import adadelta_fused_step
 
     # the update does not use the step: the kernel need not read it
@@ -139,6 +149,7 @@ class Adadelta(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "adadelta"
     state_names = ("square_avg", "acc_delta")
     update_functions = {
         "forloop": _adadelta_forloop,

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -153,6 +154,21 @@ def _rmsprop_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "rmsprop"):
+        # the optional buffers are roles only when their flag is on (their lists are empty then)
+        roles = [params, grads, square_avgs]
+        if momentum > 0:
+            roles.append(momentum_buffers)
+        if centered:
+            roles.append(grad_avgs)
+        cpu_kernels.launch(
+            "rmsprop",
+            roles,
+            [steps],
+            hyper=[float(x) for x in (lr, alpha, eps, weight_decay, momentum)],
+            flags=[momentum > 0, centered, maximize],
+        )
+        return
     from ._kernels.rmsprop import rmsprop_fused_step
 
     torch._foreach_add_(steps, 1.0)  # the math does not read it: no need to pass it to the kernel
@@ -172,6 +188,7 @@ class RMSprop(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "rmsprop"
     state_names = ("square_avg", "momentum_buffer", "grad_avg")
     update_functions = {
         "forloop": _rmsprop_forloop,
