@@ -27,7 +27,14 @@ CONFIGS = {
     "SGD": [{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"lr": 0.05}],
     "Adagrad": [{"lr_decay": 0.01, "weight_decay": 0.1, "maximize": True}],
     "NAdam": [{"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
+    # (rectified from step 6 on: see STEPS)
+    "RAdam": [
+        {"betas": (0.0, 0.9), "weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
 }
+# steps taken where 4 do not reach every form of the update: RAdam's rectified one starts at step 6
+STEPS = {"RAdam": 7}
 
 
 @pytest.fixture
@@ -49,7 +56,7 @@ def _steps(name: str, config: dict, backend: str, dtype: torch.dtype, shapes: li
     params[2] = params[2].t()  # dense but transposed: walked in memory order
     opt = OPTIMIZERS[name](params, backend=backend, **config)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
+    for _ in range(STEPS.get(name, 4)):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
         opt.step()
