@@ -32,6 +32,11 @@ CONFIGS = {
         {"betas": (0.0, 0.9), "weight_decay": 0.1, "maximize": True},
         {"weight_decay": 0.1, "decoupled_weight_decay": True},
     ],
+    # averaging (mu < 1) from step 4 with t0 = 1, from step 3 with t0 = 0; an fp32 tensor lr
+    "ASGD": [
+        {"t0": 1, "lambd": 0.1, "weight_decay": 0.1, "maximize": True},
+        {"t0": 0, "lambd": 0.5, "alpha": 0.5, "lr": torch.tensor(0.05)},
+    ],
 }
 # steps taken where 4 do not reach every form of the update: RAdam's rectified one starts at step 6
 STEPS = {"RAdam": 7}
