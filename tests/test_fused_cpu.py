@@ -37,6 +37,11 @@ CONFIGS = {
         {"t0": 1, "lambd": 0.1, "weight_decay": 0.1, "maximize": True},
         {"t0": 0, "lambd": 0.5, "alpha": 0.5, "lr": torch.tensor(0.05)},
     ],
+    # step sizes that hit both clamps (and a min above the first step size), maximize
+    "Rprop": [
+        {"etas": (0.3, 1.7), "step_sizes": (1e-3, 0.02), "maximize": True},
+        {"lr": 1e-4, "etas": (0.5, 3.0), "step_sizes": (2e-4, 50)},
+    ],
 }
 # steps taken where 4 do not reach every form of the update: RAdam's rectified one starts at step 6
 STEPS = {"RAdam": 7}
