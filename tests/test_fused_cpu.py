@@ -34,7 +34,24 @@ CONFIGS = {
         {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
     ],
     "Adadelta": [{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
+    # (rectified from step 6 on: see STEPS)
+    "RAdam": [
+        {"betas": (0.0, 0.9), "weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    # averaging (mu < 1) from step 4 with t0 = 1, from step 3 with t0 = 0; an fp32 tensor lr
+    "ASGD": [
+        {"t0": 1, "lambd": 0.1, "weight_decay": 0.1, "maximize": True},
+        {"t0": 0, "lambd": 0.5, "alpha": 0.5, "lr": torch.tensor(0.05)},
+    ],
+    # step sizes that hit both clamps (and a min above the first step size), maximize
+    "Rprop": [
+        {"etas": (0.3, 1.7), "step_sizes": (1e-3, 0.02), "maximize": True},
+        {"lr": 1e-4, "etas": (0.5, 3.0), "step_sizes": (2e-4, 50)},
+    ],
 }
+# steps taken where 4 do not reach every form of the update: RAdam's rectified one starts at step 6
+STEPS = {"RAdam": 7}
 
 
 @pytest.fixture
@@ -56,7 +73,7 @@ def _steps(name: str, config: dict, backend: str, dtype: torch.dtype, shapes: li
     params[2] = params[2].t()  # dense but transposed: walked in memory order
     opt = OPTIMIZERS[name](params, backend=backend, **config)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
+    for _ in range(STEPS.get(name, 4)):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
         opt.step()

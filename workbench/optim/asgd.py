@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
+from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -167,6 +168,12 @@ def _asgd_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "asgd"):
+        _asgd_cpu_kernel(
+            params, grads, axs, mus, etas, steps,
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
+        )  # fmt: skip
+        return
     from ._kernels.asgd import asgd_fused_step
 
     torch._foreach_add_(steps, 1.0)
@@ -181,6 +188,47 @@ def _asgd_fused(
     _next_eta_and_mu(etas, mus, steps, lr=lr, lambd=lambd, alpha=alpha, t0=t0)
 
 
+def _asgd_cpu_kernel(
+    params: list[Tensor],
+    grads: list[Tensor],
+    axs: list[Tensor],
+    mus: list[Tensor],
+    etas: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    lambd: float,
+    alpha: float,
+    t0: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """The C kernel: it advances the steps, reads eta and mu, and replaces them, all per tensor."""
+    # eta and mu are fp32 (fp64 under that default dtype), or the param's dtype after torch's
+    # load_state_dict: fp16/bf16, or a mix in one group, which the kernel does not take. Those go
+    # through fp64 copies, exact both ways: read as they are, each new value rounded once to the
+    # scalar's dtype when copied back, as the forloop's fill_ or copy_ rounds it.
+    mu_dtypes, eta_dtypes = {t.dtype for t in mus}, {t.dtype for t in etas}
+    widen = len(mu_dtypes) > 1 or len(eta_dtypes) > 1
+    widen = widen or not mu_dtypes | eta_dtypes <= {torch.float32, torch.float64}
+    kernel_mus, kernel_etas = mus, etas
+    if widen:
+        kernel_mus = [t.to(torch.float64) for t in mus]
+        kernel_etas = [t.to(torch.float64) for t in etas]
+    cpu_kernels.launch(
+        "asgd",
+        [params, grads, axs],
+        [steps, kernel_mus, kernel_etas],
+        hyper=[float(x) for x in (lr, lambd, alpha, t0, weight_decay)],
+        # the forloop backend forms the new eta in a tensor lr's dtype: fp32 here unless fp64 (an
+        # fp16/bf16 lr, rare, is not rounded after each op as there)
+        flags=[maximize, isinstance(lr, Tensor) and lr.dtype != torch.float64],
+    )
+    if widen:
+        torch._foreach_copy_(mus, kernel_mus)
+        torch._foreach_copy_(etas, kernel_etas)
+
+
 class ASGD(WorkbenchOptimizer):
     """ASGD (see the module docstring for the update) with torch.optim.ASGD's signature.
 
@@ -189,6 +237,7 @@ class ASGD(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "asgd"
     # torch's argument order (axs, mus, etas); eta and mu are 0-dim, not shaped like the param
     state_names = ("ax", "mu", "eta")
     update_functions = {

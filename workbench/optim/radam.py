@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._foreach import foreach_grads
+from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
 
@@ -210,6 +211,18 @@ def _radam_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "radam"):
+        cpu_kernels.launch(
+            "radam",
+            [params, grads, exp_avgs, exp_avg_sqs],
+            [steps],
+            hyper=[
+                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay)),
+                cpu_kernels.decay_factor(lr, weight_decay),
+            ],
+            flags=[decoupled_weight_decay, maximize],
+        )
+        return
     from ._kernels.radam import radam_fused_step
 
     torch._foreach_add_(steps, 1.0)
@@ -228,6 +241,7 @@ class RAdam(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "radam"
     state_names = ("exp_avg", "exp_avg_sq")
     update_functions = {
         "forloop": _radam_forloop,

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
 
 
@@ -55,8 +56,8 @@ def _rprop_forloop(
             grad = -grad
         # autograd saves `prev` for the product's backward, and prev is overwritten below
         sign = grad.mul(prev.clone() if differentiable else prev).sign()
-        # sign is -1, 0, 1 or NaN: where it is neither > 0 nor < 0, sign + 1 is 1 (or NaN, which
-        # then poisons the step size as it does in torch.optim)
+        # sign is -1, 0 or 1 (torch.sign of a NaN is 0 on CPU, as of torch 2.13): where it is
+        # neither > 0 nor < 0, sign + 1 is 1 (a NaN sign would make it NaN, poisoning the step size)
         factor = torch.where(sign > 0, etaplus, torch.where(sign < 0, etaminus, sign + 1))
         step_size.mul_(factor).clamp_(step_size_min, step_size_max)
         grad = torch.where(sign < 0, 0, grad)
@@ -125,6 +126,15 @@ def _rprop_fused(
     capturable: bool,
     differentiable: bool,
 ) -> None:
+    if cpu_kernels.runs_on(params[0].device, "rprop"):
+        cpu_kernels.launch(
+            "rprop",
+            [params, grads, prevs, step_sizes],
+            [steps],
+            hyper=[float(x) for x in (etaminus, etaplus, step_size_min, step_size_max)],
+            flags=[maximize],
+        )
+        return
     from ._kernels.rprop import rprop_fused_step
 
     # the update does not use the step: the kernel need not read it
@@ -144,6 +154,7 @@ class Rprop(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
+    cpu_kernel = "rprop"
     state_names = ("prev", "step_size")
     update_functions = {
         "forloop": _rprop_forloop,

@@ -1,0 +1,102 @@
+/* Fused ASGD on the CPU: param, grad and ax read and written once (ax not read while mu is 1),
+ * in the forloop backend's order of operations. Per tensor first, in order: the step advanced,
+ * the previous step's eta and mu read (the update uses them), then replaced by the new step's,
+ * each in its own dtype. The Triton kernel cannot replace them itself (its programs are not
+ * ordered); here they are replaced before any thread starts on the elements. */
+#include "multi_tensor.h"
+
+/* hyper: lr, lambd, alpha, t0, weight_decay
+ * flags: maximize, lr_fp32 (lr is a tensor narrower than fp64: the new eta is formed in fp32, as
+ *        the forloop's tensor ops form it from an fp32 lr), step dtype, mu dtype, eta dtype
+ * table roles: param, grad, ax, step, mu, eta */
+typedef struct {
+    T *const *param, *const *grad, *const *ax;
+    /* per tensor, from the previous step's eta and mu: 1 - lambd * eta, -eta, mu, mu != 1 */
+    const ACC *shrink, *neg_eta, *mu;
+    const unsigned char *averaging;
+    ACC weight_decay, grad_sign;
+    int coupled;
+} asgd_ctx;
+
+/* specialized on averaging (whether ax is read) and coupled weight decay (see multi_tensor.h) */
+WB_INLINE void asgd_loop(const asgd_ctx *c, int64_t t, int64_t begin, int64_t end,
+                         const int averaging, const int coupled) {
+    T *restrict param = c->param[t], *restrict grad = c->grad[t], *restrict ax = c->ax[t];
+    const ACC shrink = c->shrink[t], neg_eta = c->neg_eta[t], mu = c->mu[t];
+    const ACC weight_decay = c->weight_decay, sign = c->grad_sign;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+        const ACC p0 = load(param, i);
+        /* weight decay from the param before it shrinks, as the forloop adds it */
+        const ACC g = wb_grad(grad, i, p0, 1, sign, weight_decay, 0, coupled);
+        const ACC p = p0 * shrink + neg_eta * g;
+        store(param, i, p);
+        if (averaging) {
+            const ACC a = load(ax, i);
+            store(ax, i, a + (p - a) * mu);
+        } else {
+            store(ax, i, p); /* mu = 1: the average is the iterate */
+        }
+    }
+}
+
+static void asgd_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
+    const asgd_ctx *c = raw;
+#define CASE(b) \
+    case b: asgd_loop(c, t, begin, end, WB_BIT(b, 1), WB_BIT(b, 0)); break;
+    switch (c->averaging[t] << 1 | c->coupled) { WB_CASES_4(CASE) }
+#undef CASE
+}
+
+/* the 0-dim fp32/fp64 tensor at `address`, as Tensor.item() reads it */
+static inline double asgd_read(int64_t address, int64_t dtype) {
+    if (dtype == WB_STEP_F64) return *(const double *)(intptr_t)address;
+    return *(const float *)(intptr_t)address;
+}
+
+/* as fill_ / copy_ store a value into it: rounded once to its dtype */
+static inline void asgd_write(int64_t address, int64_t dtype, double value) {
+    if (dtype == WB_STEP_F64)
+        *(double *)(intptr_t)address = value;
+    else
+        *(float *)(intptr_t)address = (float)value;
+}
+
+/* eta of step `step`: lr / (1 + lambd * lr * step)^alpha, in fp64 as Python forms it from a
+ * float lr, or in fp32 as torch forms it from an fp32 tensor lr */
+static double asgd_eta(double lr, double lambd, double alpha, double step, int lr_fp32) {
+    if (lr_fp32) {
+        const float lr32 = (float)lr;
+        return lr32 / powf(1.0f + (float)lambd * lr32 * (float)step, (float)alpha);
+    }
+    return lr / pow(1.0 + lambd * lr * step, alpha);
+}
+
+WB_EXPORT(asgd)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
+                int num_threads) {
+    const double lr = hyper[0], lambd = hyper[1], alpha = hyper[2], t0 = hyper[3];
+    const double weight_decay = hyper[4];
+    const int64_t step_dtype = flags[2], mu_dtype = flags[3], eta_dtype = flags[4];
+    const int64_t m = n > 0 ? n : 1;
+    ACC shrink[m], neg_eta[m], mu[m];
+    unsigned char averaging[m];
+    for (int64_t t = 0; t < n; ++t) {
+        const double step = wb_increment_step(table[3 * n + t], step_dtype);
+        const int64_t mu_at = table[4 * n + t], eta_at = table[5 * n + t];
+        const double old_eta = asgd_read(eta_at, eta_dtype), old_mu = asgd_read(mu_at, mu_dtype);
+        shrink[t] = (ACC)(1.0 - lambd * old_eta);
+        neg_eta[t] = (ACC)(-old_eta);
+        mu[t] = (ACC)old_mu;
+        averaging[t] = old_mu != 1.0;
+        asgd_write(eta_at, eta_dtype, asgd_eta(lr, lambd, alpha, step, (int)flags[1]));
+        asgd_write(mu_at, mu_dtype, 1.0 / (step - t0 > 1.0 ? step - t0 : 1.0));
+    }
+    const asgd_ctx ctx = {
+        .param = (T *const *)(table), .grad = (T *const *)(table + n),
+        .ax = (T *const *)(table + 2 * n),
+        .shrink = shrink, .neg_eta = neg_eta, .mu = mu, .averaging = averaging,
+        .weight_decay = (ACC)weight_decay, .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+        .coupled = weight_decay != 0,
+    };
+    wb_parallel(table + 6 * n, n, num_threads, asgd_range, &ctx);
+}
