@@ -56,8 +56,8 @@ def _rprop_forloop(
             grad = -grad
         # autograd saves `prev` for the product's backward, and prev is overwritten below
         sign = grad.mul(prev.clone() if differentiable else prev).sign()
-        # sign is -1, 0 or 1 (torch.sign of a NaN is 0 on CPU, as of torch 2.13): where it is
-        # neither > 0 nor < 0, sign + 1 is 1 (a NaN sign would make it NaN, poisoning the step size)
+        # sign is -1, 0 or 1 (torch.sign of a NaN is 0, on CPU and CUDA): where it is 0, sign + 1
+        # is 1 and the step size stays
         factor = torch.where(sign > 0, etaplus, torch.where(sign < 0, etaminus, sign + 1))
         step_size.mul_(factor).clamp_(step_size_min, step_size_max)
         grad = torch.where(sign < 0, 0, grad)

@@ -46,9 +46,9 @@ def rprop_kernel(
         grad = -grad
     # The product, not the two signs: where it underflows to 0 the step size stays, as in torch.
     product = grad * prev
-    # neither > 0 nor < 0: 0 or NaN, and product + 1 is 1 or NaN (NaN poisons the step size, as
-    # in torch.optim)
-    factor = tl.where(product > 0, etaplus, tl.where(product < 0, etaminus, product + 1))
+    # neither > 0 nor < 0 (0 or NaN): the step size stays. torch.sign makes a NaN 0 (CPU and CUDA
+    # alike), and the forloop's factor is sign + 1.
+    factor = tl.where(product > 0, etaplus, tl.where(product < 0, etaminus, 1.0))
     step_size = step_size * factor
     step_size = tl.minimum(
         tl.maximum(step_size, step_size_min, propagate_nan=tl.PropagateNan.ALL),
@@ -57,8 +57,8 @@ def rprop_kernel(
     )
     # where the sign flipped, the coordinate stays and the gradient is forgotten
     grad = tl.where(product < 0, 0.0, grad)
-    # sign(grad); NaN stays NaN
-    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, grad * 0))
+    # torch.sign(grad): 0 for a NaN too
+    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0))
     param -= sign * step_size
 
     tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)

@@ -48,20 +48,6 @@ static void asgd_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
 #undef CASE
 }
 
-/* the 0-dim fp32/fp64 tensor at `address`, as Tensor.item() reads it */
-static inline double asgd_read(int64_t address, int64_t dtype) {
-    if (dtype == WB_STEP_F64) return *(const double *)(intptr_t)address;
-    return *(const float *)(intptr_t)address;
-}
-
-/* as fill_ / copy_ store a value into it: rounded once to its dtype */
-static inline void asgd_write(int64_t address, int64_t dtype, double value) {
-    if (dtype == WB_STEP_F64)
-        *(double *)(intptr_t)address = value;
-    else
-        *(float *)(intptr_t)address = (float)value;
-}
-
 /* eta of step `step`: lr / (1 + lambd * lr * step)^alpha, in fp64 as Python forms it from a
  * float lr, or in fp32 as torch forms it from an fp32 tensor lr */
 static double asgd_eta(double lr, double lambd, double alpha, double step, int lr_fp32) {
@@ -83,13 +69,14 @@ WB_EXPORT(asgd)(const int64_t *table, int64_t n, const double *hyper, const int6
     for (int64_t t = 0; t < n; ++t) {
         const double step = wb_increment_step(table[3 * n + t], step_dtype);
         const int64_t mu_at = table[4 * n + t], eta_at = table[5 * n + t];
-        const double old_eta = asgd_read(eta_at, eta_dtype), old_mu = asgd_read(mu_at, mu_dtype);
+        const double old_eta = wb_read_scalar(eta_at, eta_dtype);
+        const double old_mu = wb_read_scalar(mu_at, mu_dtype);
         shrink[t] = (ACC)(1.0 - lambd * old_eta);
         neg_eta[t] = (ACC)(-old_eta);
         mu[t] = (ACC)old_mu;
         averaging[t] = old_mu != 1.0;
-        asgd_write(eta_at, eta_dtype, asgd_eta(lr, lambd, alpha, step, (int)flags[1]));
-        asgd_write(mu_at, mu_dtype, 1.0 / (step - t0 > 1.0 ? step - t0 : 1.0));
+        wb_write_scalar(eta_at, eta_dtype, asgd_eta(lr, lambd, alpha, step, (int)flags[1]));
+        wb_write_scalar(mu_at, mu_dtype, 1.0 / (step - t0 > 1.0 ? step - t0 : 1.0));
     }
     const asgd_ctx ctx = {
         .param = (T *const *)(table), .grad = (T *const *)(table + n),

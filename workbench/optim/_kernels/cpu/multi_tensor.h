@@ -139,6 +139,21 @@ static inline double wb_increment_step(int64_t address, int64_t step_dtype) {
     return *step += 1.0f;
 }
 
+/* The per-tensor scalar at `address` (fp32 or fp64, by `dtype`), as Tensor.item() reads it. */
+static inline double wb_read_scalar(int64_t address, int64_t dtype) {
+    if (dtype == WB_STEP_F64) return *(const double *)(intptr_t)address;
+    return *(const float *)(intptr_t)address;
+}
+
+/* Store `value` into the per-tensor scalar at `address` as fill_ / copy_ would: rounded once to
+ * its dtype. */
+static inline void wb_write_scalar(int64_t address, int64_t dtype, double value) {
+    if (dtype == WB_STEP_F64)
+        *(double *)(intptr_t)address = value;
+    else
+        *(float *)(intptr_t)address = (float)value;
+}
+
 /* Multiply the per-tensor scalar at `address` by `factor` as torch's 0-dim `mul_` would (in the
  * scalar's own dtype) and return the new value. */
 static inline double wb_scale_scalar(int64_t address, int64_t dtype, double factor) {
