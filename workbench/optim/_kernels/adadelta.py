@@ -62,7 +62,8 @@ def adadelta_kernel(
 
         if MAXIMIZE:
             grad = -grad
-        grad += weight_decay * param
+        if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
+            grad += weight_decay * param
         square_avg = square_avg * rho + one_minus_rho * grad * grad
         # Correctly rounded sqrt and division, as torch computes them: fp32's plain sqrt and `/`
         # are approximate on a GPU (fp64's are exact, and have no _rn forms).

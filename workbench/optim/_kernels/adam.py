@@ -91,7 +91,9 @@ def adam_kernel(
     if DECOUPLED:
         param *= 1.0 - lr_value * tl.cast(weight_decay, acc)
     else:
-        grad += tl.cast(weight_decay, acc) * param
+        # skipped like torch does, so an inf param gives no 0 * inf = nan; a select, not a
+        # branch: an `if` here makes the fp64 unaligned launch spill
+        grad = tl.where(weight_decay != 0.0, grad + tl.cast(weight_decay, acc) * param, grad)
     exp_avg += tl.cast(one_minus_beta1, acc) * (grad - exp_avg)
     exp_avg_sq = exp_avg_sq * beta2 + tl.cast(one_minus_beta2, acc) * grad * grad
     # stored as soon as known: their addresses need no register through the root and division
@@ -100,7 +102,8 @@ def adam_kernel(
     if AMSGRAD:
         max_exp_avg_sq_ptr = role_pointer(meta, 4, n_tensors, t, DTYPE, ALIGNED) + offsets
         max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr, mask=mask).to(acc)
-        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
+        # NaN-propagating, as torch.maximum is (tl.maximum's default returns the other operand)
+        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
         tl.store(max_exp_avg_sq_ptr, to_storage(max_exp_avg_sq, DTYPE), mask=mask)
         second_moment = max_exp_avg_sq
     else:

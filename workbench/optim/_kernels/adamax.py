@@ -52,9 +52,11 @@ def adamax_kernel(
 
     if MAXIMIZE:
         grad = -grad
-    grad += weight_decay * param
+    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
+        grad += weight_decay * param
     exp_avg += (1 - beta1) * (grad - exp_avg)
-    exp_inf = tl.maximum(exp_inf * beta2, tl.abs(grad) + eps)
+    # NaN-propagating, as torch.maximum is (tl.maximum's default returns the other operand)
+    exp_inf = tl.maximum(exp_inf * beta2, tl.abs(grad) + eps, propagate_nan=tl.PropagateNan.ALL)
 
     # step and lr are read on the device, so the launch is the same every step (graph-capturable).
     step = tl.load(step_ptr).to(tl.float32)

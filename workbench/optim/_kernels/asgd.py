@@ -49,7 +49,8 @@ def asgd_kernel(
 
     if MAXIMIZE:
         grad = -grad
-    grad += weight_decay * param
+    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
+        grad += weight_decay * param
     param = param * (1 - lambd * eta) - eta * grad
 
     if mu == 1:

@@ -88,11 +88,14 @@ def radam_kernel(
     if DECOUPLED:
         param *= decay
     else:
-        grad += weight_decay * param
+        # skipped like torch does, so an inf param gives no 0 * inf = nan; a select, not a
+        # branch: an `if` here makes the fp64 unaligned launch spill
+        grad = tl.where(weight_decay != 0.0, grad + weight_decay * param, grad)
     exp_avg += one_minus_beta1 * (grad - exp_avg)
-    # beta2 * v + (1 - beta2) * g^2 written as a lerp, like m: one scalar fewer live (fp64
-    # launches are short of registers)
-    exp_avg_sq += one_minus_beta2 * (grad * grad - exp_avg_sq)
+    # beta2 * v + (1 - beta2) * g^2 as torch writes it, not as a lerp v + (1 - beta2) * (g^2 - v):
+    # once v is inf, the lerp gives inf - inf = nan where torch keeps inf
+    beta2 = 1.0 - tl.cast(one_minus_beta2, acc)  # in fp64 for fp64: exactly 1 - (1 - beta2)
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (grad * grad)
     # The state is stored before the square root and the division: in fp64 each has a slow path
     # that ptxas makes a call, and values live across a call spill (fp64 unaligned launches have
     # 64 registers a thread). Stored first, no value stays live only to be stored after them.
