@@ -69,8 +69,15 @@ def _asgd_forloop(
                 eta_ = eta_.clone()
             param.mul_(1 - lambd * eta_)
             param.addcmul_(grad, eta_, value=-1)
-            # mu == 1 (before t0) makes the average the iterate itself
-            ax.add_(param.sub(ax).mul_(mu_))
+            if torch.compiler.is_compiling():
+                # mu == 1 (before t0): the average is the iterate itself, copied as the host branch
+                # below copies it (ax + (param - ax) is inf - inf = nan for an inf param). The
+                # select fuses into the compiled graph's one pass.
+                ax.copy_(torch.where(mu_ == 1, param, ax + (param - ax) * mu_))
+            else:
+                # mu == 1 (before t0) makes the average the iterate itself; as torch's capturable
+                # update, nan where param and ax are the same inf
+                ax.add_(param.sub(ax).mul_(mu_))
             eta.copy_(lr / (1 + lambd * lr * step) ** alpha)
             mu.copy_(1 / torch.clamp(step - t0, min=1))
         else:
@@ -108,7 +115,10 @@ def _asgd_foreach(
     differentiable: bool,
 ) -> None:
     torch._foreach_add_(steps, 1.0)
-    # theta * (1 - kappa eta) - eta g = theta - eta (g + kappa theta): one temporary list
+    # theta * (1 - kappa eta) - eta g = theta - eta (g + kappa theta): one temporary list. As in
+    # torch's foreach ASGD, an inf param gives inf - inf = nan here where the forloop keeps inf
+    # (and so does the average below at mu = 1, where the forloop copies): not exact for
+    # non-finite values, like torch's (tests/test_nonfinite.py excludes it).
     if maximize:
         g = torch._foreach_neg(grads)
         torch._foreach_add_(g, params, alpha=weight_decay + lambd)

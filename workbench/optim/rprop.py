@@ -105,6 +105,10 @@ def _rprop_foreach(
     torch._foreach_copy_(prevs, grads)
     if maximize:
         torch._foreach_neg_(prevs)
+    # An inf gradient where the sign flipped gives inf * 0 = nan, where the forloop (and torch's
+    # foreach, with a torch.where per tensor) stores 0. Exact would take a `where` per tensor
+    # (launches growing with the params) or several more passes to build clamp bounds: not done,
+    # the nan prev is inexact only for non-finite gradients (tests/test_nonfinite.py excludes it).
     torch._foreach_mul_(prevs, keep)
     torch._foreach_copy_(keep, prevs)
     torch._foreach_sign_(keep)
