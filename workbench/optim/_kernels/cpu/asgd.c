@@ -40,8 +40,30 @@ WB_INLINE void asgd_loop(const asgd_ctx *c, int64_t t, int64_t begin, int64_t en
     }
 }
 
+/* Elements per block of the write-only walk over ax (below): 32 cache lines. (Tried on fp32 here:
+ * 16 to 64 lines within noise of each other, 256 lines and more lose half the gain.) */
+#define ASGD_BLOCK (32 * WB_LINE)
+
 static void asgd_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
     const asgd_ctx *c = raw;
+    if (!c->averaging[t]) {
+        /* Before averaging starts ax is only written. A line written without being read is still
+         * fetched first (write-allocate), but by the store, which the hardware prefetchers (they
+         * follow loads) do not run ahead of: measured here, that walk took 35% longer than the
+         * averaging one, which reads ax as well (6.9 vs 5.1 ms, 100 x 100k fp32). So the next
+         * block's lines of ax are prefetched for writing while this block is updated: 5.2 ms. */
+        T *const ax = c->ax[t];
+        for (int64_t b = begin; b < end; b += ASGD_BLOCK) {
+            const int64_t e = end - b > ASGD_BLOCK ? b + ASGD_BLOCK : end;
+            const int64_t ahead = end - e > ASGD_BLOCK ? e + ASGD_BLOCK : end;
+            for (int64_t j = e; j < ahead; j += WB_LINE) __builtin_prefetch(ax + j, 1, 3);
+            if (c->coupled)
+                asgd_loop(c, t, b, e, 0, 1);
+            else
+                asgd_loop(c, t, b, e, 0, 0);
+        }
+        return;
+    }
 #define CASE(b) \
     case b: asgd_loop(c, t, begin, end, WB_BIT(b, 1), WB_BIT(b, 0)); break;
     switch (c->averaging[t] << 1 | c->coupled) { WB_CASES_4(CASE) }
