@@ -143,7 +143,7 @@ class LBFGS(WorkbenchOptimizer):
 
     def _work(self, state: dict[str, Any], group: dict[str, Any]) -> ForloopWork | CompiledWork:
         """The per-iteration tensor work of this step, in the group's backend."""
-        maximize = group.get("maximize", False)
+        maximize = group["maximize"]
         if self.resolve_backend(group, self._params) != "compiled":
             return ForloopWork(self._params, state, group["history_size"], maximize)
         # the ring outlives the step (its buffers are the state's storage), not a pickle or a
@@ -164,11 +164,10 @@ class LBFGS(WorkbenchOptimizer):
             return closure()
         # what the iterations minimize: the loss, or its negation to maximize (the work objects
         # negate the gradients to match)
-        maximize = group.get("maximize", False)
+        sign = -1.0 if group["maximize"] else 1.0
 
         def objective() -> float:
-            value = float(closure())
-            return -value if maximize else value
+            return sign * float(closure())
 
         lr = group["lr"]
         if isinstance(lr, Tensor) and lr.dim() != 0:
@@ -182,7 +181,7 @@ class LBFGS(WorkbenchOptimizer):
         work = self._work(state, group)
 
         first_loss = closure()
-        loss = -float(first_loss) if maximize else float(first_loss)
+        loss = sign * float(first_loss)
         evals = 1
         state["func_evals"] += 1
         flat_grad, grad_max = work.gather()
