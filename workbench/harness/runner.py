@@ -1,169 +1,71 @@
 """Run a suite: every case becomes one row in the run store, measured or failed, never lost.
 
-Per case: params and grads are built on the device (random normals: timing zeros would hide the
-work) as the optimizer's step protocol asks (fixed dense grads, a closure, or sparse grads: see
-step_protocols), the implementation builds its optimizer, and the probes the suite asks for run:
-latency, the optimizer's exact state bytes, the step's peak memory above its inputs, kernel
-launches, and achieved bandwidth against a streaming probe measured once per device in the same
-run. Every probe takes the step as its protocol does (a closure step with its closure).
+Latency cases are measured by workbench.harness.latency (one path, for a case alone or an
+interleaved group of them); sharded cases (``world_size`` > 1) by one process per rank
+(distributed_worker); convergence cases by workbench.harness.convergence. Before the first case,
+the process's conditions are set and recorded (conditions.control: allocator thresholds, threads,
+in-process compilation). Around every latency group the streaming-bandwidth probe runs (before and
+after; the probe after one group is the probe before the next), so that each row is held against
+the machine as it was when the row was timed, and a resumed run probes afresh. With
+``repeats`` > 1, each repeat of a group runs in a fresh process (group_worker), and rows whose
+processes disagree beyond their own noise are flagged ``unrepeatable``.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from workbench.results.store import RunStore
 
-from . import bandwidth, launches, memory
+from . import bandwidth, conditions, quiet, stability
 from .cases import Case
 from .implementations import ImplementationError
-from .step_protocols import (
-    DENSE,
-    Workload,
-    build_workload,
-    class_minimal_bytes,
-    protocol_for,
-    timed_row_fields,
-)
+from .latency import CaseFailure, check_runnable, failed_outcome, measure_group
+from .meters import Interference
+from .step_protocols import DENSE, class_minimal_bytes, protocol_for
 from .suite import Suite
-from .timing import Timing, time_steps
 
-# A working set smaller than this many times the last-level cache is replicated and the copies
-# stepped in turn, so each timed step streams from memory as a real model's step would.
-_CACHE_MULTIPLE = 4
-_MAX_COPIES = 64
+__all__ = ["CaseFailure", "run_case", "run_cases"]
 
+# the probe between groups: shorter than the run-level default, it runs once per group
+_PROBE_REPS, _PROBE_MIN_S = 10, 0.3
+LOG_FILE = "run.log"
 
-def cache_bytes(device: torch.device) -> int:
-    """The cache a small working set could live in: GPU L2, or the CPU's last-level cache."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).L2_cache_size)
-    return bandwidth.last_level_cache_bytes() or 32 << 20
-
-
-class CaseFailure(Exception):
-    def __init__(self, status: str, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class PreparedCase:
-    """A case's workload (and its cache-defeating copies), ready to be timed: ``step`` takes the
-    next copy's step and remembers what it returned (closure evaluations)."""
-
-    case: Case
-    device: torch.device
-    workload: Workload
-    copies: list[Workload]
-    returned: list[int | None] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._steps = [copy.step for copy in self.copies]
-        self._counter = iter(range(1 << 62))
-
-    def step(self) -> None:
-        self.returned.append(self._steps[next(self._counter) % len(self._steps)]())
-
-    def drop_copies(self) -> None:
-        """Free the copies once timed: the probes that follow step the first one only."""
-        del self.copies[1:], self._steps[1:]
-
-
-def check_runnable(case: Case) -> None:
-    """Raise CaseFailure for a case this machine cannot run (before anything is built)."""
-    if case.device == "cuda" and not torch.cuda.is_available():
-        raise CaseFailure("skipped", "CUDA is not available on this machine")
-
-
-def prepare_case(case: Case, suite: Suite) -> PreparedCase:
-    """Build the case's workload, replicated while its working set would fit the cache."""
-    device = torch.device(case.device)
-
-    def build(seed: int) -> Workload:
-        return build_workload(case, device, seed, density=suite.sparse.density)
-
-    workload = build(0)
-    copies = [workload]
-    working_set = workload.working_set_bytes
-    llc = cache_bytes(device)
-    if 0 < working_set < _CACHE_MULTIPLE * llc:
-        n = min(_MAX_COPIES, math.ceil(_CACHE_MULTIPLE * llc / working_set))
-        copies += [build(seed=i) for i in range(1, n)]
-    return PreparedCase(case, device, workload, copies)
-
-
-def finish_case(
-    prepared: PreparedCase, timing: Timing, suite: Suite, probe_bw: float | None
-) -> dict[str, Any]:
-    """The case's row from its timing, then the memory and launch probes (untimed)."""
-    workload, device = prepared.workload, prepared.device
-    if not all(bool(torch.isfinite(p).all()) for p in workload.params):
-        raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
-    nbytes = workload.minimal_bytes or 0
-    row: dict[str, Any] = {
-        "first_call_s": timing.first_call_s,
-        "median_s": timing.median_s,
-        "iqr_s": timing.iqr_s,
-        "min_s": min(timing.samples_s),
-        "n_samples": len(timing.samples_s),
-        "samples_s": timing.samples_s,
-        "working_set_copies": len(prepared.copies),
-        "minimal_bytes": nbytes or None,
-        **workload.row,
-        **timed_row_fields(workload, prepared.returned[-len(timing.samples_s) :]),
-    }
-    if nbytes:
-        row["achieved_bw"] = nbytes / timing.median_s
-        row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
-    prepared.drop_copies()
-    if suite.measure.memory:
-        row["state_bytes"] = memory.state_bytes(workload.optimizer)
-        row["step_peak_bytes"] = memory.step_peak_bytes(workload.step, device)
-    if suite.measure.launches:
-        row["launches"] = launches.kernel_launches(workload.step, device)
-        row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
-    return row
+Outcome = Callable[[], dict[str, Any]]
 
 
 def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
-    """Measure one case; raises CaseFailure (or anything) for the caller to turn into a row."""
-    check_runnable(case)
+    """Measure one case alone (no store); raises CaseFailure (or anything) for the caller."""
     if case.world_size > 1:
-        if protocol_for(case.optimizer) != DENSE:
-            raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
-        return run_sharded_case(case, suite, probe_bw)
-    prepared = prepare_case(case, suite)
-    t = suite.timing
-    timing = time_steps(
-        prepared.step,
-        prepared.device,
-        warmup_s=t.warmup_s,
-        min_steps=t.min_steps,
-        max_steps=t.max_steps,
-        budget_s=t.budget_s,
-    )
-    return finish_case(prepared, timing, suite, probe_bw)
+        row = run_sharded_case(case, suite)
+    else:
+        ((_, outcome),) = measure_group([case], suite)
+        row = outcome()
+    stability.probe_checks(row, probe_bw, None)
+    row.setdefault("status", "ok")
+    stability.finalize(row)
+    return row
 
 
-def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
+def run_sharded_case(case: Case, suite: Suite) -> dict[str, Any]:
     """A case sharded over ``world_size`` ranks: one process per rank (distributed_worker), rank 0
     writes the row; a rank that fails or outlives ``[distributed] timeout_s`` ends the case."""
     import json
     import tempfile
-    from pathlib import Path
 
     from .distributed import LaunchError, launch
     from .distributed_worker import spec_for
 
+    check_runnable(case)
+    if protocol_for(case.optimizer) != DENSE:
+        raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
     if case.device == "cuda" and case.world_size > torch.cuda.device_count():
         raise CaseFailure(
             "skipped",
@@ -172,10 +74,12 @@ def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[s
         )
     if not torch.distributed.is_available():
         raise CaseFailure("skipped", "this torch build has no torch.distributed")
+    interference = Interference()
     with tempfile.TemporaryDirectory(prefix="workbench-dist-") as tmp:
         out = Path(tmp) / "row.json"
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps(spec_for(case, suite, out)))
+        interference.start()  # the ranks are our children: their CPU time is ours
         try:
             launch(
                 "workbench.harness.distributed_worker",
@@ -186,13 +90,21 @@ def run_sharded_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[s
         except LaunchError as e:
             raise CaseFailure(e.status, str(e)) from None
         row: dict[str, Any] = json.loads(out.read_text())
+    row["other_cpu"] = interference.stop()
+    row["noise"] = stability.relative_noise(row["samples_s"])
+    row["median_ci_low_s"], row["median_ci_high_s"] = stability.median_ci(row["samples_s"])
+    flags = []
+    if row["noise"] > (suite.timing.target_noise or stability.DEFAULT_NOISY):
+        flags.append(stability.NOISY)
+    if (row["other_cpu"] or 0.0) > suite.timing.max_interference:
+        flags.append(stability.INTERFERENCE)
+    row["flags"] = flags
     nbytes = class_minimal_bytes(case)
     row["minimal_bytes"] = nbytes or None
     row["distributed_backend"] = suite.distributed.backend
     if nbytes:
         # bytes every rank moves together per step, over the step time of the slowest rank
         row["achieved_bw"] = nbytes / row["median_s"]
-        row["bw_fraction"] = row["achieved_bw"] / probe_bw if probe_bw else None
     return row
 
 
@@ -210,45 +122,146 @@ def run_cases(
 ) -> None:
     """Run the cases the store does not hold yet, appending one row per case as it finishes.
 
-    The suite's kind says what a case measures: step latency (run_case, or run_interleaved for
-    a group of cases timed side by side when ``[timing] interleave`` is on) or convergence on a
-    test problem (run_convergence_case, whose reference runs are shared by the cases of one run).
+    The suite's kind says what a case measures: step latency (a group of cases measured together
+    by latency.measure_group: one case, or the interleaved implementations and backends of one
+    problem) or convergence on a test problem (run_convergence_case, whose reference runs are
+    shared by the cases of one run).
     """
     from .convergence import ReferenceCache, run_convergence_case  # it imports CaseFailure
-    from .interleave import interleave_groups, run_interleaved  # it imports this module
+    from .interleave import interleave_groups
 
+    store.manifest["conditions"] = conditions.control()
+    store.write_manifest()
+    quiet.log_to(store.run_dir / LOG_FILE)
     done = store.done_case_ids()
     pending = [case for case in cases if case.case_id not in done]
-    probes: dict[str, float | None] = dict(store.manifest.get("stream_bandwidth", {}))
     references = ReferenceCache()
-    interleave = suite.kind == "latency" and suite.timing.interleave
+    latency = suite.kind == "latency"
+    interleave = latency and suite.timing.interleave
+    probes = _Probes(store, enabled=latency and suite.measure.bandwidth_probe)
+    in_workers = latency and any(case.repeat > 0 for case in cases)
     for unit in interleave_groups(pending) if interleave else [[case] for case in pending]:
         device = unit[0].device
-        outcomes: list[tuple[Case, Callable[[], dict[str, Any]]]]
-        try:
-            if suite.measure.bandwidth_probe and device not in probes:
-                probes[device] = _probe(device)
-                store.manifest["stream_bandwidth"] = probes
-                store.write_manifest()
-        except Exception as e:  # the probe's failure is each case's row, as any other
-            outcomes = [(case, failed_outcome(e)) for case in unit]
+        before = probes.before(device)
+        outcomes: list[tuple[Case, Outcome]]
+        if isinstance(before, Exception):  # the probe's failure is each case's row
+            outcomes = [(case, failed_outcome(before)) for case in unit]
+        elif not latency:
+            outcomes = [(unit[0], partial(run_convergence_case, unit[0], suite, references))]
+        elif unit[0].world_size > 1:
+            outcomes = [(unit[0], partial(run_sharded_case, unit[0], suite))]
+        elif in_workers:
+            from .group_worker import measure_in_worker
+
+            outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
         else:
-            probe = probes.get(device)
-            if len(unit) > 1:
-                outcomes = run_interleaved(unit, suite, probe)
-            elif suite.kind == "convergence":
-                outcomes = [(unit[0], partial(run_convergence_case, unit[0], suite, references))]
-            else:
-                outcomes = [(unit[0], partial(run_case, unit[0], suite, probe))]
-        for case, outcome in outcomes:
-            row = _row(case, outcome)
-            store.append(row)
-            on_case_done(case, row)
+            outcomes = measure_group(unit, suite)
+        rows = [_row(case, outcome) for case, outcome in outcomes]
         del outcomes
         _release(device)
+        after = probes.after(device) if latency else None
+        for case, row in zip(unit, rows):
+            if row["status"] == "ok" and latency:
+                stability.probe_checks(row, _value(before), _value(after))
+            stability.finalize(row)
+            store.append(row)
+            on_case_done(case, row)
+    if in_workers:
+        flag_unrepeatable(store)
 
 
-def _row(case: Case, outcome: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _value(probe: float | Exception | None) -> float | None:
+    return probe if isinstance(probe, float) else None
+
+
+class _Probes:
+    """The streaming probe per device, measured between groups: the reading after one group is
+    the reading before the next. Every reading goes into the manifest (``probes``), and
+    ``stream_bandwidth`` holds each device's median reading."""
+
+    def __init__(self, store: RunStore, *, enabled: bool) -> None:
+        self.store, self.enabled = store, enabled
+        self.latest: dict[str, float | Exception | None] = {}  # after the group just measured
+
+    def before(self, device: str) -> float | Exception | None:
+        if device in self.latest:
+            return self.latest.pop(device)
+        return self._measure(device)
+
+    def after(self, device: str) -> float | Exception | None:
+        value = self._measure(device)
+        self.latest = {device: value}  # only while no other device's group runs in between
+        return value
+
+    def _measure(self, device: str) -> float | Exception | None:
+        if not self.enabled:
+            return None
+        try:
+            value = _probe(device)
+        except Exception as e:
+            return e
+        if value is not None:
+            readings = self.store.manifest.setdefault("probes", [])
+            readings.append({"device": device, "bytes_per_s": value, "at": _now()})
+            ours = sorted(r["bytes_per_s"] for r in readings if r["device"] == device)
+            self.store.manifest.setdefault("stream_bandwidth", {})[device] = ours[len(ours) // 2]
+            self.store.write_manifest()
+        return value
+
+
+def _now() -> str:
+    from workbench.results.store import now
+
+    return now()
+
+
+def flag_unrepeatable(store: RunStore) -> None:
+    """Across the repeats of each case (separate processes): `repeat_spread`, the range of their
+    medians over the median of them, on every row; and `unrepeatable` where two repeats' median
+    confidence intervals do not overlap (they disagree beyond their own noise)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in store.rows:
+        if row.get("status") == "ok":
+            key = tuple(sorted((k, str(v)) for k, v in row.items() if _is_axis(k)))
+            groups.setdefault(key, []).append(row)
+    changed = False
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        medians = sorted(r["median_s"] for r in rows)
+        spread = (medians[-1] - medians[0]) / medians[len(medians) // 2]
+        disagree = max(r["median_ci_low_s"] for r in rows) > min(
+            r["median_ci_high_s"] for r in rows
+        )
+        for r in rows:
+            r["repeat_spread"] = spread
+            flags = list(r.get("flags") or [])
+            if disagree and stability.UNREPEATABLE not in flags:
+                flags.append(stability.UNREPEATABLE)
+            r["flags"] = flags
+            stability.finalize(r)
+        changed = True
+    if changed:
+        store._write_records()  # noqa: SLF001 - the rows changed in place
+
+
+_AXES = {
+    "optimizer",
+    "implementation",
+    "backend",
+    "size",
+    "dtype",
+    "device",
+    "problem",
+    "world_size",
+}
+
+
+def _is_axis(column: str) -> bool:
+    return column in _AXES or column.startswith("flag_")
+
+
+def _row(case: Case, outcome: Outcome) -> dict[str, Any]:
     """The case's row: what `outcome` measured, or the failure it raised."""
     row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
     try:
@@ -267,17 +280,8 @@ def _row(case: Case, outcome: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def failed_outcome(error: Exception) -> Callable[[], dict[str, Any]]:
-    """An outcome that raises `error` when its row is built (see _row)."""
-
-    def outcome() -> dict[str, Any]:
-        raise error
-
-    return outcome
-
-
 def _probe(device: str) -> float | None:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         return None
-    return bandwidth.stream_bandwidth(dev)
+    return bandwidth.stream_bandwidth(dev, reps=_PROBE_REPS, min_s=_PROBE_MIN_S)

@@ -82,6 +82,8 @@ class Workload:
     working_set_bytes: int
     minimal_bytes: int | None
     row: dict[str, Any] = field(default_factory=dict)  # fields for the case's row
+    # the dense protocol's grads, as built: the harness gives them back to a step that drops them
+    grads: list[Tensor] = field(default_factory=list)
 
 
 def build_workload(case: Case, device: torch.device, seed: int, *, density: float) -> Workload:
@@ -101,7 +103,8 @@ def build_workload(case: Case, device: torch.device, seed: int, *, density: floa
         params.append(p)
     optimizer = make_optimizer(case, params)
     nbytes = class_minimal_bytes(case)
-    return Workload(DENSE, optimizer, params, optimizer.step, nbytes, nbytes)
+    grads = [p.grad for p in params]
+    return Workload(DENSE, optimizer, params, optimizer.step, nbytes, nbytes, grads=grads)
 
 
 def timed_row_fields(workload: Workload, step_results: list[int | None]) -> dict[str, Any]:

@@ -39,6 +39,12 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     interleave = false                  # [false] time the implementations and backends of one
                                         #   optimizer/size/dtype/flags in alternating rounds, so
                                         #   interference on a shared machine hits them alike
+    target_noise = 0.05                 # [0.05] past budget_s, time on until every median's 95%
+                                        #   CI is within +-this (relative; 0: never extend) ...
+    max_extension = 4.0                 # [4.0] ... or this many times budget_s: then `noisy`
+    max_interference = 0.1              # [0.1] other processes' share of our CPUs above which a
+                                        #   group is re-measured once, then flagged `interference`
+    noop_check = true                   # [true] after timing, a step must change the params
 
     [measure]                           # what to measure besides latency
     memory = true                       # [true] peak memory of a step, exact state bytes
@@ -146,6 +152,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_steps": ("an integer", 1000),
         "budget_s": ("a number", 2.0),
         "interleave": ("a boolean", False),
+        "target_noise": ("a number", 0.05),
+        "max_extension": ("a number", 4.0),
+        "max_interference": ("a number", 0.1),
+        "noop_check": ("a boolean", True),
     },
     "measure": {
         "memory": ("a boolean", True),
@@ -179,6 +189,14 @@ class TimingSettings:
     # time the cases that compare with each other (one optimizer, size, dtype, device, flags)
     # side by side, in alternating rounds (workbench.harness.interleave)
     interleave: bool = False
+    # adaptive stopping (timing.time_interleaved): the precision a median is timed to, and the
+    # most time per step spent reaching it, as a multiple of budget_s
+    target_noise: float = 0.05
+    max_extension: float = 4.0
+    # other processes' share of our CPUs (meters.Interference) that makes a group re-measured
+    max_interference: float = 0.1
+    # a step after timing must change the params (else the row is `no-op`)
+    noop_check: bool = True
 
 
 @dataclass(frozen=True)

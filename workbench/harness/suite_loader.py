@@ -409,6 +409,16 @@ class _Loader:
             raise self.error("timing.budget_s", f"must be > 0, got {timing.budget_s}")
         if timing.min_steps < 1:
             raise self.error("timing.min_steps", f"must be >= 1, got {timing.min_steps}")
+        if timing.target_noise < 0:
+            raise self.error("timing.target_noise", f"must be >= 0, got {timing.target_noise}")
+        if timing.max_extension < 1:
+            raise self.error(
+                "timing.max_extension", f"must be >= 1 (x budget_s), got {timing.max_extension}"
+            )
+        if not 0 < timing.max_interference <= 1:
+            raise self.error(
+                "timing.max_interference", f"must be in (0, 1], got {timing.max_interference}"
+            )
         if timing.max_steps < timing.min_steps:
             raise self.error(
                 "timing.max_steps",

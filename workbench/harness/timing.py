@@ -1,8 +1,19 @@
-"""Step latency: a time-based warm-up, then many individually timed steps, raw samples kept.
+"""Step latency: a time-based warm-up, then timed rounds until the median is known well enough.
 
-CUDA steps are timed with events around each step (the host only waits at the end); CPU steps with
-perf_counter. The first call is timed on its own, since for the compiled backend it includes the
-compilation.
+One path for every latency row: ``time_interleaved`` times one or several steps in rounds, each
+step once per round, the order rotating from round to round (``time_steps`` is the one-step case).
+CUDA steps are timed with events around each step (the host syncs only to read them); CPU steps
+with perf_counter. The first call is timed on its own, since for the compiled backend it includes
+the compilation. Raw samples are kept.
+
+Stopping is adaptive, as pyperf and asv judge a benchmark by the spread of its values rather than
+by a fixed count: after ``min_steps`` rounds and ``budget_s`` per step, timing goes on while any
+step's median is less precise than ``target_noise`` (the relative half-width of its 95% CI, see
+stability.py), until ``max_extension`` times that budget or ``max_steps`` rounds. A row that
+still misses the target is flagged ``noisy`` by the runner, not hidden.
+
+Around every timed step, getrusage counts page faults and context switches (meters.StepCounters);
+over the whole window, the CPU time other processes took (meters.Interference) is every step's.
 """
 
 from __future__ import annotations
@@ -14,11 +25,23 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .meters import Interference, StepCounters, gpu_other_processes, usage
+from .stability import relative_noise
+
+# how often (seconds) the adaptive phase looks at the medians' precision
+_CHECK_EVERY_S = 0.05
+
 
 @dataclass
 class Timing:
     first_call_s: float
     samples_s: list[float] = field(default_factory=list)
+    counters: StepCounters = field(default_factory=StepCounters)
+    # fraction of this process's CPUs that other processes took over the timed window
+    other_cpu: float | None = None
+    gpu_others: dict[str, object] | None = None
+    # timed past the base budget because the median was not yet precise enough
+    extended: bool = False
 
     @property
     def median_s(self) -> float:
@@ -26,8 +49,14 @@ class Timing:
 
     @property
     def iqr_s(self) -> float:
+        if len(self.samples_s) < 2:
+            return 0.0
         q1, _, q3 = statistics.quantiles(self.samples_s, n=4)
         return q3 - q1
+
+    @property
+    def noise(self) -> float:
+        return relative_noise(self.samples_s)
 
 
 def _sync(device: torch.device) -> None:
@@ -43,47 +72,23 @@ def time_steps(
     min_steps: int = 20,
     max_steps: int = 1000,
     budget_s: float = 2.0,
+    target_noise: float | None = None,
+    max_extension: float = 1.0,
 ) -> Timing:
-    """Time `step` until `min_steps` samples and `budget_s` seconds, or `max_steps` samples."""
-    _sync(device)
-    start = time.perf_counter()
-    step()
-    _sync(device)
-    timing = Timing(first_call_s=time.perf_counter() - start)
-
-    deadline = time.perf_counter() + warmup_s
-    while time.perf_counter() < deadline:
-        step()
-    _sync(device)
-
-    if device.type == "cuda":
-        return _time_cuda(step, timing, min_steps, max_steps, budget_s)
-    began = time.perf_counter()
-    while len(timing.samples_s) < max_steps:
-        t0 = time.perf_counter()
-        step()
-        timing.samples_s.append(time.perf_counter() - t0)
-        if len(timing.samples_s) >= min_steps and time.perf_counter() - began > budget_s:
-            break
-    return timing
-
-
-def _time_cuda(
-    step: Callable[[], object], timing: Timing, min_steps: int, max_steps: int, budget_s: float
-) -> Timing:
-    began = time.perf_counter()
-    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-    while len(events) < max_steps:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        events.append((start, end))
-        if len(events) >= min_steps and time.perf_counter() - began > budget_s:
-            break
-    torch.cuda.synchronize()
-    timing.samples_s = [s.elapsed_time(e) / 1e3 for s, e in events]
-    return timing
+    """Time one step (see time_interleaved); raises what the step raises."""
+    (result,) = time_interleaved(
+        [step],
+        device,
+        warmup_s=warmup_s,
+        min_steps=min_steps,
+        max_steps=max_steps,
+        budget_s=budget_s,
+        target_noise=target_noise,
+        max_extension=max_extension,
+    )
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def time_interleaved(
@@ -94,6 +99,8 @@ def time_interleaved(
     min_steps: int = 20,
     max_steps: int = 1000,
     budget_s: float = 2.0,
+    target_noise: float | None = None,
+    max_extension: float = 1.0,
 ) -> list[Timing | Exception]:
     """Time several steps side by side: rounds in which each takes one timed step, the order
     rotating from round to round, so that every step sees the same stretch of machine time.
@@ -104,57 +111,115 @@ def time_interleaved(
     the budget and warm-up it would get alone. A step that raises is left out of later rounds and
     its exception takes its place in the result; the others go on.
     """
-    results: list[Timing | Exception] = []
-    for step in steps:
-        try:
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            results.append(Timing(first_call_s=time.perf_counter() - start))
-        except Exception as e:  # noqa: PERF203 - one failing step must not end the others
-            results.append(e)
-    active = [i for i, r in enumerate(results) if isinstance(r, Timing)]
-
-    def run(i: int) -> bool:
-        try:
-            steps[i]()
-            return True
-        except Exception as e:
-            results[i] = e
-            active.remove(i)
-            return False
-
-    deadline = time.perf_counter() + warmup_s * len(active)
-    while active and time.perf_counter() < deadline:
-        for i in list(active):
-            run(i)
+    results: list[Timing | Exception] = [_first_call(step, device) for step in steps]
+    rounds = _Rounds(steps, results, device)
+    deadline = time.perf_counter() + warmup_s * len(rounds.active)
+    while rounds.active and time.perf_counter() < deadline:
+        for i in list(rounds.active):
+            rounds.run(i)
     _sync(device)
 
-    cuda = device.type == "cuda"
-    events: dict[int, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {i: [] for i in active}
-    began, rounds = time.perf_counter(), 0
-    while active and rounds < max_steps:
-        shift = rounds % len(active)
-        for i in active[shift:] + active[:shift]:
-            if cuda:
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
+    interference = Interference()
+    interference.start()
+    began = time.perf_counter()
+    limit_s = budget_s * max(1.0, max_extension)
+    next_check = 0.0
+    while rounds.active and rounds.count < max_steps:
+        rounds.timed_round()
+        elapsed = time.perf_counter() - began
+        n = max(1, len(rounds.active))
+        if rounds.count < min_steps or elapsed < budget_s * n:
+            continue
+        if target_noise is None or elapsed >= limit_s * n:
+            break
+        if elapsed >= next_check:  # sorting every sample every round would cost more than steps
+            next_check = elapsed + _CHECK_EVERY_S
+            if rounds.precise(target_noise):
+                break
+            rounds.mark_extended()
+    rounds.collect()
+    other = interference.stop()
+    gpu = gpu_other_processes(device.index or 0) if device.type == "cuda" else None
+    for i in rounds.active:
+        timing = results[i]
+        assert isinstance(timing, Timing)
+        timing.other_cpu, timing.gpu_others = other, gpu
+    return results
+
+
+def _first_call(step: Callable[[], object], device: torch.device) -> Timing | Exception:
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        return Timing(first_call_s=time.perf_counter() - start)
+    except Exception as e:  # one failing step must not end the others
+        return e
+
+
+class _Rounds:
+    """The timed rounds' bookkeeping: which steps are still running, and their samples (CUDA
+    events until `collect` reads them)."""
+
+    def __init__(
+        self, steps: list[Callable[[], object]], results: list[Timing | Exception], device
+    ) -> None:
+        self.steps, self.results, self.device = steps, results, device
+        self.active = [i for i, r in enumerate(results) if isinstance(r, Timing)]
+        self.count = 0
+        self.cuda = device.type == "cuda"
+        self.events: dict[int, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {
+            i: [] for i in self.active
+        }
+
+    def timing(self, i: int) -> Timing:
+        timing = self.results[i]
+        assert isinstance(timing, Timing)
+        return timing
+
+    def run(self, i: int) -> bool:
+        try:
+            self.steps[i]()
+            return True
+        except Exception as e:
+            self.results[i] = e
+            self.active.remove(i)
+            return False
+
+    def timed_round(self) -> None:
+        shift = self.count % max(1, len(self.active))
+        for i in self.active[shift:] + self.active[:shift]:
+            timing = self.timing(i)
+            before = usage()
+            if self.cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
                 start.record()
-                if run(i):
+                if self.run(i):
                     end.record()
-                    events[i].append((start, end))
+                    self.events[i].append((start, end))
+                    timing.counters.add(before, usage())
                 continue
             t0 = time.perf_counter()
-            if run(i):
-                results[i].samples_s.append(time.perf_counter() - t0)  # type: ignore[union-attr]
-        rounds += 1
-        if rounds >= min_steps and time.perf_counter() - began > budget_s * max(1, len(active)):
-            break
-    if cuda:
-        torch.cuda.synchronize(device)
-        for i in active:
-            results[i].samples_s = [s.elapsed_time(e) / 1e3 for s, e in events[i]]  # type: ignore[union-attr]
-    return results
+            if self.run(i):
+                timing.samples_s.append(time.perf_counter() - t0)
+                timing.counters.add(before, usage())
+        self.count += 1
+
+    def collect(self) -> None:
+        """Turn the recorded CUDA events into samples (a sync)."""
+        if not self.cuda:
+            return
+        torch.cuda.synchronize(self.device)
+        for i in self.active:
+            self.timing(i).samples_s += [s.elapsed_time(e) / 1e3 for s, e in self.events[i]]
+            self.events[i] = []
+
+    def precise(self, target_noise: float) -> bool:
+        self.collect()
+        return all(self.timing(i).noise <= target_noise for i in self.active)
+
+    def mark_extended(self) -> None:
+        for i in self.active:
+            self.timing(i).extended = True

@@ -1,0 +1,65 @@
+"""Optimizer factories (``implementation = "tests.grad_factories:<name>"``) that misbehave the way
+real ones do, for the harness's checks of what it timed."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+
+
+class _DroppingSGD(torch.optim.SGD):
+    """SGD that sets every grad to None after its step, as heavyball's optimizers do."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        return loss
+
+
+def dropping_sgd(params: Any, **flags: Any) -> torch.optim.Optimizer:
+    return _DroppingSGD(params, lr=1e-3, **flags)
+
+
+class _NoOp(torch.optim.Optimizer):
+    """A step that changes nothing: the fastest optimizer there is, and a wrong one."""
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params, {})
+
+    def step(self, closure: Any = None) -> Any:
+        return None
+
+
+def no_op(params: Any, **flags: Any) -> torch.optim.Optimizer:
+    return _NoOp(params)
+
+
+# the sleepy step's slowdown, read when it is built: the same case, genuinely slower
+SLOWDOWN_ENV = "WORKBENCH_TEST_SLOWDOWN"
+
+
+class _SleepySGD(torch.optim.SGD):
+    """SGD whose step also sleeps SLEEP_S x slowdown: a genuine, controllable slowdown that
+    contention for the CPU barely moves (a sleep waits, it does not compute)."""
+
+    SLEEP_S = 2e-3
+
+    def __init__(self, params: Any, **flags: Any) -> None:
+        super().__init__(params, lr=1e-3, **flags)
+        self.sleep_s = self.SLEEP_S * float(os.environ.get(SLOWDOWN_ENV, "1"))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        time.sleep(self.sleep_s)
+        return loss
+
+
+def sleepy_sgd(params: Any, **flags: Any) -> torch.optim.Optimizer:
+    return _SleepySGD(params, **flags)

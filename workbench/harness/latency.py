@@ -1,0 +1,285 @@
+"""The latency measurement path: every single-process latency row is made here, alone or in an
+interleaved group (a group of one is the same path).
+
+Per group: build each case's workload (and its cache-defeating copies), time the steps together
+(timing.time_interleaved: warm-up, rounds, adaptive stopping), re-measure once if other processes
+took our CPUs meanwhile, then per case check what was timed and take the untimed probes:
+
+- the params must be finite, and a step after timing must change them: a step that changes
+  nothing (an implementation that drops its grads, a factory that returns a no-op) is a `no-op`
+  row, never an `ok` row with the time of doing nothing;
+- an implementation that sets ``p.grad = None`` in its step is given its grads back before every
+  step (a Python assignment per param, inside the timed step) so that every timed step does the
+  work; the row says so (``grads_restored``);
+- the median's precision (stability.relative_noise), warm-up trend and interference become flags;
+- exact state bytes, the step's peak memory and launches, as the suite asks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import bandwidth, launches, memory, quiet, stability
+from .cases import Case
+from .step_protocols import DENSE, Workload, build_workload, timed_row_fields
+from .suite import Suite
+from .timing import Timing, time_interleaved
+
+# A working set smaller than this many times the last-level cache is replicated and the copies
+# stepped in turn, so each timed step streams from memory as a real model's step would.
+CACHE_MULTIPLE = 4
+MAX_COPIES = 64
+
+Outcome = Callable[[], dict[str, Any]]
+
+
+class CaseFailure(Exception):
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def cache_bytes(device: torch.device) -> int:
+    """The cache a small working set could live in: GPU L2, or the CPU's last-level cache."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    return bandwidth.last_level_cache_bytes() or 32 << 20
+
+
+def copies_for(working_set: int, device: torch.device) -> int:
+    """How many workloads a case builds: enough that together they span CACHE_MULTIPLE caches."""
+    llc = cache_bytes(device)
+    if 0 < working_set < CACHE_MULTIPLE * llc:
+        return min(MAX_COPIES, math.ceil(CACHE_MULTIPLE * llc / working_set))
+    return 1
+
+
+@dataclass
+class PreparedCase:
+    """A case's workload (and its cache-defeating copies), ready to be timed: ``step`` takes the
+    next copy's step and remembers what it returned (closure evaluations)."""
+
+    case: Case
+    device: torch.device
+    workload: Workload
+    copies: list[Workload]
+    returned: list[int | None] = field(default_factory=list)
+    grads_restored: bool = False
+
+    def __post_init__(self) -> None:
+        self._steps = [copy.step for copy in self.copies]
+        self._counter = iter(range(1 << 62))
+        self._first = True
+
+    def step(self) -> None:
+        index = next(self._counter) % len(self._steps)
+        self.returned.append(self._steps[index]())
+        if self._first:  # the first call is timed on its own: checking here costs no sample
+            self._first = False
+            if dropped_grads(self.workload):
+                self.restore_grads_every_step()
+
+    def restore_grads_every_step(self) -> None:
+        self.grads_restored = True
+        self._steps = [_restoring(copy) for copy in self.copies]
+        for copy in self.copies:
+            _give_grads_back(copy)
+
+    def drop_copies(self) -> None:
+        """Free the copies once timed: the probes that follow step the first one only."""
+        del self.copies[1:], self._steps[1:]
+
+
+def dropped_grads(workload: Workload) -> bool:
+    """Whether the step took the dense grads away (set ``p.grad`` to None or another tensor)."""
+    if workload.protocol != DENSE or not workload.grads:
+        return False
+    return any(p.grad is not g for p, g in zip(workload.params, workload.grads))
+
+
+def _give_grads_back(workload: Workload) -> None:
+    for p, g in zip(workload.params, workload.grads):
+        p.grad = g
+
+
+def _restoring(workload: Workload) -> Callable[[], int | None]:
+    def step() -> int | None:
+        _give_grads_back(workload)
+        return workload.step()
+
+    return step
+
+
+def check_runnable(case: Case) -> None:
+    """Raise CaseFailure for a case this machine cannot run (before anything is built)."""
+    if case.device == "cuda" and not torch.cuda.is_available():
+        raise CaseFailure("skipped", "CUDA is not available on this machine")
+
+
+def prepare_case(case: Case, suite: Suite) -> PreparedCase:
+    """Build the case's workload, replicated while its working set would fit the cache."""
+    device = torch.device(case.device)
+
+    def build(seed: int) -> Workload:
+        return build_workload(case, device, seed, density=suite.sparse.density)
+
+    workload = build(0)
+    copies = [workload] + [
+        build(seed=i) for i in range(1, copies_for(workload.working_set_bytes, device))
+    ]
+    return PreparedCase(case, device, workload, copies)
+
+
+def measure_group(cases: list[Case], suite: Suite) -> list[tuple[Case, Outcome]]:
+    """Build every case of a group, time their steps together, then check and probe each one.
+    Returns per case a callable giving its row or raising what went wrong with it (a failing case
+    does not stop the others)."""
+    outcomes: dict[str, Outcome] = {}
+    prepared: list[PreparedCase] = []
+    for case in cases:
+        try:
+            check_runnable(case)
+            prepared.append(prepare_case(case, suite))
+        except Exception as e:
+            outcomes[case.case_id] = failed_outcome(e)
+    if prepared:
+        timings = _time_group(prepared, suite)
+        for p, timing in zip(prepared, timings):
+            if isinstance(timing, Exception):
+                outcomes[p.case.case_id] = failed_outcome(timing)
+                continue
+            try:
+                row = finish_case(p, timing, suite)
+                if len(prepared) > 1:
+                    row["interleaved_with"] = len(prepared)
+                outcomes[p.case.case_id] = _returning(row)
+            except Exception as e:
+                outcomes[p.case.case_id] = failed_outcome(e)
+    return [(case, outcomes[case.case_id]) for case in cases]
+
+
+def _time_group(prepared: list[PreparedCase], suite: Suite) -> list[Timing | Exception]:
+    """Time the group; once more if other processes took more than the suite allows of our CPUs
+    (a burst usually passes; a second reading inside one is flagged by finish_case)."""
+    t = suite.timing
+
+    def attempt() -> list[Timing | Exception]:
+        return time_interleaved(
+            [p.step for p in prepared],
+            prepared[0].device,
+            warmup_s=t.warmup_s,
+            min_steps=t.min_steps,
+            max_steps=t.max_steps,
+            budget_s=t.budget_s,
+            target_noise=t.target_noise or None,
+            max_extension=t.max_extension,
+        )
+
+    first = attempt()
+    if not _interfered(first, t.max_interference):
+        return first
+    for p in prepared:
+        p.returned.clear()
+    second = attempt()
+    for before, after in zip(first, second):
+        if isinstance(before, Timing) and isinstance(after, Timing):
+            after.first_call_s = before.first_call_s  # the first call happened once, in `first`
+            after.remeasured = True  # type: ignore[attr-defined]
+    return second
+
+
+def _interfered(timings: list[Timing | Exception], limit: float) -> bool:
+    return any(
+        isinstance(t, Timing) and t.other_cpu is not None and t.other_cpu > limit for t in timings
+    )
+
+
+def finish_case(prepared: PreparedCase, timing: Timing, suite: Suite) -> dict[str, Any]:
+    """The case's row from its timing, its checks, then the memory and launch probes (untimed)."""
+    workload, device = prepared.workload, prepared.device
+    if not all(bool(torch.isfinite(p).all()) for p in workload.params):
+        raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
+    samples = timing.samples_s
+    lo, hi = stability.median_ci(samples)
+    nbytes = workload.minimal_bytes or 0
+    row: dict[str, Any] = {
+        "first_call_s": timing.first_call_s,
+        "median_s": timing.median_s,
+        "iqr_s": timing.iqr_s,
+        "min_s": min(samples),
+        "median_ci_low_s": lo,
+        "median_ci_high_s": hi,
+        "noise": timing.noise,
+        "n_samples": len(samples),
+        "samples_s": samples,
+        "extended": timing.extended,
+        "remeasured": getattr(timing, "remeasured", False),
+        "other_cpu": timing.other_cpu,
+        **(timing.gpu_others or {}),
+        **timing.counters.row(),
+        "grads_restored": prepared.grads_restored,
+        "pid": os.getpid(),  # repeats run in separate processes: which one measured this row
+        "working_set_copies": len(prepared.copies),
+        "minimal_bytes": nbytes or None,
+        **workload.row,
+        **timed_row_fields(workload, prepared.returned[-len(samples) :]),
+        "flags": stability.timing_flags(timing, suite.timing),
+    }
+    if nbytes:
+        row["achieved_bw"] = nbytes / timing.median_s
+    prepared.drop_copies()
+    if suite.timing.noop_check:
+        check_step_changes_params(prepared)
+    with quiet.native_output():  # the profiler's USDT and allocator lines go to the run's log
+        if suite.measure.memory:
+            row["state_bytes"] = memory.state_bytes(workload.optimizer)
+            row["step_peak_bytes"] = memory.step_peak_bytes(_one_step(prepared), device)
+        if suite.measure.launches:
+            row["launches"] = launches.kernel_launches(_one_step(prepared), device)
+            row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
+    return row
+
+
+def _one_step(prepared: PreparedCase) -> Callable[[], int | None]:
+    """The first workload's step as it was timed (with its grads given back, if they are)."""
+    if prepared.grads_restored:
+        return _restoring(prepared.workload)
+    return prepared.workload.step
+
+
+def check_step_changes_params(prepared: PreparedCase) -> None:
+    """Raise CaseFailure("no-op") if a step, taken as it was timed, changes no param."""
+    workload = prepared.workload
+    with torch.no_grad():
+        before = [p.detach().clone() for p in workload.params]
+        _one_step(prepared)()
+        changed = sum(not torch.equal(b, p) for b, p in zip(before, workload.params))
+    del before
+    if changed:
+        return
+    missing = sum(p.grad is None for p in workload.params)
+    why = f"; {missing} of {len(workload.params)} params have no grad after it" if missing else ""
+    raise CaseFailure(
+        "no-op",
+        f"a step after timing changed none of the {len(workload.params)} params{why}: the timed "
+        "steps did no update, so their time is not the optimizer's",
+    )
+
+
+def failed_outcome(error: Exception) -> Outcome:
+    """An outcome that raises `error` when its row is built (see runner._row)."""
+
+    def outcome() -> dict[str, Any]:
+        raise error
+
+    return outcome
+
+
+def _returning(row: dict[str, Any]) -> Outcome:
+    return lambda: row
