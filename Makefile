@@ -27,7 +27,7 @@ REGRESS_PYTEST = $(if $(REGRESS_BACKENDS),REGRESS_BACKENDS=$(REGRESS_BACKENDS)) 
 	$(PY) -m pytest $(REGRESS_TESTS) -p no:cacheprovider -q \
 	--benchmark-storage=$(REGRESS_STORAGE) $(REGRESS_ARGS)
 
-.PHONY: install bench convergence test test-all lint format clean regress regress-baseline report
+.PHONY: install bench bench-full convergence test test-all lint format clean regress regress-baseline report
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ bench: install
 	echo "workbench run $$suite"; \
 	$(PY) -m workbench.cli run "$$suite" $(BENCH_ARGS)
 	@# figures (PNG, SVG) and the HTML report of the run just made (the newest under results/)
+	@$(MAKE) --no-print-directory report
+
+# the whole CPU sweep: compiled backend, GPT-2 small's shapes, a sharded case (see suites/README)
+bench-full: install
+	$(PY) -m workbench.cli run suites/full.toml $(BENCH_ARGS)
 	@$(MAKE) --no-print-directory report
 
 # every optimizer on the test problems of workbench/problems (CPU, a few minutes): loss curves,

@@ -153,13 +153,13 @@ def test_bad_distributed_settings_are_refused(tmp_path: Path, old: str, new: str
 def test_shipped_suites_have_sharded_cases_beside_single_process_ones() -> None:
     from workbench.harness.suite import load_suite
 
-    quick = load_suite(ROOT / "suites" / "quick.toml")
-    sharded = [c for c in quick.cases() if c.world_size > 1]
+    full = load_suite(ROOT / "suites" / "full.toml")
+    sharded = [c for c in full.cases() if c.world_size > 1]
     assert [(c.optimizer, c.implementation, c.backend, c.world_size) for c in sharded] == [
         ("Adam", "workbench", "foreach", 2)
     ]
-    assert dataclasses.replace(sharded[0], world_size=1) in quick.cases()  # its 1-rank row
-    assert quick.distributed.backend == "gloo"
+    assert dataclasses.replace(sharded[0], world_size=1) in full.cases()  # its 1-rank row
+    assert full.distributed.backend == "gloo"
     gpu = load_suite(ROOT / "suites" / "gpu.toml")
     assert gpu.distributed.backend == "nccl"
     assert {c.world_size for c in gpu.cases()} == {1, 2}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import bandwidth, launches, memory, quiet, stability
+from . import bandwidth, launches, memory, stability
 from .cases import Case
 from .step_protocols import DENSE, Workload, build_workload, timed_row_fields
 from .suite import Suite
@@ -236,13 +236,12 @@ def finish_case(prepared: PreparedCase, timing: Timing, suite: Suite) -> dict[st
     prepared.drop_copies()
     if suite.timing.noop_check:
         check_step_changes_params(prepared)
-    with quiet.native_output():  # the profiler's USDT and allocator lines go to the run's log
-        if suite.measure.memory:
-            row["state_bytes"] = memory.state_bytes(workload.optimizer)
-            row["step_peak_bytes"] = memory.step_peak_bytes(_one_step(prepared), device)
-        if suite.measure.launches:
-            row["launches"] = launches.kernel_launches(_one_step(prepared), device)
-            row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
+    if suite.measure.memory:
+        row["state_bytes"] = memory.state_bytes(workload.optimizer)
+        row["step_peak_bytes"] = memory.step_peak_bytes(_one_step(prepared), device)
+    if suite.measure.launches:
+        row["launches"] = launches.kernel_launches(_one_step(prepared), device)
+        row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
     return row
 
 

@@ -144,19 +144,22 @@ def run_cases(
         device = unit[0].device
         before = probes.before(device)
         outcomes: list[tuple[Case, Outcome]]
-        if isinstance(before, Exception):  # the probe's failure is each case's row
-            outcomes = [(case, failed_outcome(before)) for case in unit]
-        elif not latency:
-            outcomes = [(unit[0], partial(run_convergence_case, unit[0], suite, references))]
-        elif unit[0].world_size > 1:
-            outcomes = [(unit[0], partial(run_sharded_case, unit[0], suite))]
-        elif in_workers:
-            from .group_worker import measure_in_worker
+        # what torch's C++ side prints (the profiler's USDT lines, allocator warnings) and
+        # Python warnings go to the run's log, not around the progress display
+        with quiet.native_output():
+            if isinstance(before, Exception):  # the probe's failure is each case's row
+                outcomes = [(case, failed_outcome(before)) for case in unit]
+            elif not latency:
+                outcomes = [(unit[0], partial(run_convergence_case, unit[0], suite, references))]
+            elif unit[0].world_size > 1:
+                outcomes = [(unit[0], partial(run_sharded_case, unit[0], suite))]
+            elif in_workers:
+                from .group_worker import measure_in_worker
 
-            outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
-        else:
-            outcomes = measure_group(unit, suite)
-        rows = [_row(case, outcome) for case, outcome in outcomes]
+                outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
+            else:
+                outcomes = measure_group(unit, suite)
+            rows = [_row(case, outcome) for case, outcome in outcomes]
         del outcomes
         _release(device)
         after = probes.after(device) if latency else None
