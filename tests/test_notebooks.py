@@ -8,7 +8,9 @@ exercised.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +37,8 @@ def kernel() -> str:
     return "python3"
 
 
-def execute(path: Path, kernel: str) -> None:
+def execute(path: Path, kernel: str) -> Any:
+    """Run the notebook; returns it, outputs filled in."""
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,
@@ -53,6 +56,17 @@ def execute(path: Path, kernel: str) -> None:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 pytest.fail(f"{path.name}, cell {i}: {out.get('ename')}: {out.get('evalue')}")
+    return nb
+
+
+def _text(nb: Any) -> str:
+    """Everything the notebook printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
 
 
 def test_the_sample_run_is_small_and_complete() -> None:
@@ -68,6 +82,29 @@ def test_notebook_runs_on_the_sample_run(
     for variable in RUN_VARIABLES:  # the defaults, whatever the developer's shell exports
         monkeypatch.delenv(variable, raising=False)
     execute(NOTEBOOKS / name, kernel)
+
+
+@pytest.mark.parametrize("name", ["latency.ipynb", "memory.ipynb"])
+def test_notebook_marks_the_flagged_row_of_a_run_with_stability(
+    name: str, kernel: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.test_plots import FLAGGED, write_stability_run
+
+    monkeypatch.setenv("WORKBENCH_RUN", str(write_stability_run(tmp_path / "stability")))
+    text = _text(execute(NOTEBOOKS / name, kernel))
+    assert f"⚠ {', '.join(FLAGGED)}" in text  # the flagged row, with its flags
+    assert "no-op" in text  # the no-op row, among those that did not run ok
+    if name == "latency.ipynb":
+        assert re.search(r"\d ⚠", text)  # a number marked in the pivots, "1.004 ⚠"
+
+
+def test_the_sample_run_shows_stability_as_unknown(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in RUN_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    text = _text(execute(NOTEBOOKS / "memory.ipynb", kernel))
+    assert "unknown" in text and "⚠" not in text
 
 
 def test_convergence_notebook_runs_on_a_convergence_run(

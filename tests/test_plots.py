@@ -75,6 +75,45 @@ def failing_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+FLAGGED = ["noisy", "interference"]
+
+
+def write_stability_run(run_dir: Path) -> Path:
+    """The sample run's ok rows at world_size 1 and again at world_size 2 (slower, half the
+    state), with the stability columns; one world_size 2 row (workbench/foreach at the largest
+    size) flagged FLAGGED, and a no-op row."""
+    base = load(SAMPLE_RUN)
+    base = base[base["status"] == "ok"].to_dict("records")
+    rows = []
+    for ranks, slower, state in ((1, 1.0, 1.0), (2, 1.7, 0.5)):
+        for r in base:
+            rows.append(
+                {
+                    **r,
+                    "case_id": f"{r['case_id']}-ws{ranks}",
+                    "world_size": ranks,
+                    "median_s": r["median_s"] * slower,
+                    "samples_s": [s * slower for s in r["samples_s"]],
+                    "state_bytes": r["state_bytes"] * state,
+                    "stable": True,
+                    "noise": 0.01,
+                    "flags": [],
+                    "other_cpu": 0.0,
+                }
+            )
+    largest = max(r["numel"] for r in base)
+    flagged = next(
+        r
+        for r in rows
+        if (r["world_size"], r["implementation"], r["backend"], r["numel"])
+        == (2, "workbench", "foreach", largest)
+    )
+    flagged.update(stable=False, noise=0.12, flags=list(FLAGGED), other_cpu=0.4)
+    noop = {**rows[0], "case_id": "noop", "status": "no-op", "stable": False, "noise": None}
+    noop.update(error="a step changed no param", median_s=None, samples_s=None)
+    return write_run(run_dir, [*rows, noop])
+
+
 def _curve(rate: float, steps: int = 60) -> list[float]:
     return list(5.0 * np.exp(-rate * np.arange(steps + 1)) + 1e-4)
 
@@ -238,3 +277,172 @@ def test_summary_rows_of_the_sample_run_are_what_the_notebooks_expect() -> None:
     df = load(SAMPLE_RUN)
     assert {"ok", "skipped"} <= set(df["status"])
     assert pd.api.types.is_numeric_dtype(df["median_s"]) and df["samples_s"].notna().any()
+
+
+# --- stability marks and world_size ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stability_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    run = write_stability_run(tmp_path_factory.mktemp("runs") / "stability")
+    return run, load(run)
+
+
+def _flagged(df: pd.DataFrame) -> pd.Series:
+    return df[df["flags"].map(len) > 0].iloc[0]
+
+
+def test_summary_table_has_noise_and_flags_right_after_the_iqr(
+    stability_run: tuple[Path, pd.DataFrame],
+) -> None:
+    from workbench.results.summary import summary_table
+
+    _, df = stability_run
+    table = summary_table(df)
+    cols = list(table.columns)
+    assert cols[cols.index("IQR ms") + 1 : cols.index("IQR ms") + 3] == ["± %", "flags"]
+    flagged = table[table["flags"] != ""]
+    assert flagged["flags"].tolist() == [", ".join(FLAGGED)]
+    assert flagged["± %"].tolist() == pytest.approx([12.0])
+    assert set(table.loc[table["flags"] == "", "± %"].dropna()) == {1.0}
+    # an older run has neither column, and the table still builds
+    assert not {"± %", "flags"} & set(summary_table(load(SAMPLE_RUN)).columns)
+
+
+def test_the_report_marks_the_flagged_row_and_explains_every_flag(
+    stability_run: tuple[Path, pd.DataFrame],
+) -> None:
+    from workbench.harness.stability import STABILITY_FLAGS
+    from workbench.results.summary import FLAG_MEANINGS
+
+    run, df = stability_run
+    page = write_report(run).read_text()
+    marked = re.findall(r'<tr class="unstable">(.*?)</tr>', page)
+    assert len(marked) == 1
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", marked[0])
+    row = _flagged(df)
+    assert cells[:3] == [row["optimizer"], row["implementation"], row["backend"]]
+    assert cells[6] == "2"  # ranks: the world_size 2 copy, not its world_size 1 twin
+    assert f'<span class="mark">⚠</span> {", ".join(FLAGGED)}' in cells
+    assert page.count('<td><span class="mark">') == 1
+    # the count at the top, with the no-op row among the statuses that are not ok
+    n_ok = int((df["status"] == "ok").sum())
+    assert f"{n_ok - 1} of {n_ok} ok rows stable; 1 flagged" in page
+    assert "not ok: 1 no-op" in page
+    # one legend line per flag the harness can set, in the words the harness means
+    assert set(STABILITY_FLAGS) <= set(FLAG_MEANINGS)
+    for flag, meaning in FLAG_MEANINGS.items():
+        assert f"<li><b>{flag}</b>: {html.escape(meaning)}</li>" in page
+    assert "other processes took CPU" in FLAG_MEANINGS["interference"]
+
+
+def test_a_report_of_an_older_run_marks_nothing_and_says_why(
+    sample: tuple[Path, Rendered], tmp_path: Path
+) -> None:
+    run, _ = sample
+    page = (run / "report.html").read_text()
+    assert "Stability not recorded" in page
+    assert 'class="unstable"' not in page and '<td><span class="mark">' not in page
+    assert (
+        '<td><span class="mark">' in write_report(write_stability_run(tmp_path / "new")).read_text()
+    )
+
+
+def _panel(fig: Any, title_part: str) -> Any:
+    (ax,) = [a for a in fig.axes if title_part in a.get_title(loc="left")]
+    return ax
+
+
+def _medians(df: pd.DataFrame, impl: str, backend: str, value: str) -> dict[int, list[float]]:
+    rows = df[(df["status"] == "ok") & (df["implementation"] == impl) & (df["backend"] == backend)]
+    rows = rows.sort_values("numel")
+    return {ws: g[value].tolist() for ws, g in rows.groupby("world_size")}
+
+
+@pytest.mark.parametrize(
+    ("figure", "value"), [("latency", "median_s"), ("bandwidth", "bw_fraction")]
+)
+def test_line_figures_draw_one_line_per_world_size(
+    stability_run: tuple[Path, pd.DataFrame], figure: str, value: str
+) -> None:
+    from workbench.plots import bandwidth_fraction, latency_vs_size
+
+    _, df = stability_run
+    fig = (latency_vs_size if figure == "latency" else bandwidth_fraction)(df)
+    ax = _panel(fig, "Adamax")
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in ax.containers}
+    expected = _medians(df, "workbench", "foreach", value)
+    assert set(expected) == {1, 2}
+    for ws, ys in expected.items():
+        # each world size's own values, not a median pooled over both
+        assert list(lines[f"workbench/foreach/world_size={ws}"]) == pytest.approx(ys)
+
+
+def test_memory_figure_draws_one_bar_per_world_size(
+    stability_run: tuple[Path, pd.DataFrame],
+) -> None:
+    from workbench.plots import memory_overhead
+
+    _, df = stability_run
+    ax = _panel(memory_overhead(df), "10x30k")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    state = {lab: bar.get_width() for lab, bar in zip(labels, ax.containers[0])}
+    one, two = state["workbench/forloop/world_size=1"], state["workbench/forloop/world_size=2"]
+    assert two == pytest.approx(one / 2)  # the synthetic world_size 2 rows hold half the state
+
+
+def _memory_bars(ax: Any) -> dict[str, list[Any]]:
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    bars: dict[str, list[Any]] = {lab: [] for lab in labels}
+    for container in ax.containers:
+        for lab, bar in zip(labels, container):
+            bars[lab].append(bar)
+    return bars
+
+
+def test_figures_hatch_and_fade_the_flagged_row(stability_run: tuple[Path, pd.DataFrame]) -> None:
+    from workbench.plots import latency_vs_size, memory_overhead, speedup_heatmap
+    from workbench.plots._common import UNSTABLE_HATCH, UNSTABLE_LABEL
+
+    _, df = stability_run
+    row = _flagged(df)
+    flagged = f"{row['implementation']}/{row['backend']}/world_size=2"
+
+    fig = memory_overhead(df)
+    for ax in fig.axes:
+        for label, bars in _memory_bars(ax).items():
+            shaky = label == flagged and row["size"] in ax.get_title(loc="left")
+            for bar in bars:
+                assert (bar.get_hatch() == UNSTABLE_HATCH) is shaky, (label, ax.get_title())
+                assert (bar.get_alpha() is not None and bar.get_alpha() < 1) is shaky
+    assert UNSTABLE_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+
+    fig = latency_vs_size(df)
+    rings = [c for c in fig.axes[0].collections if c.get_label() == UNSTABLE_LABEL]
+    assert len(rings) == 1
+    assert rings[0].get_offsets().tolist() == [[row["numel"], row["median_s"]]]
+    assert rings[0].get_hatch() == UNSTABLE_HATCH
+    assert UNSTABLE_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+
+    ax = speedup_heatmap(df).axes[0]
+    cells = [p for p in ax.patches if p.get_hatch() == UNSTABLE_HATCH]
+    assert len(cells) == 1
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    x, y = cells[0].get_xy()
+    assert rows[round(y + 0.5)] == f"{row['optimizer']} · {row['size']} · world_size=2"
+    assert cols[round(x + 0.5)] == f"{row['implementation']}/{row['backend']}"
+
+
+def test_figures_of_an_older_run_mark_nothing(tmp_path: Path) -> None:
+    from workbench.plots import latency_vs_size, memory_overhead, speedup_heatmap
+    from workbench.plots._common import UNSTABLE_HATCH, UNSTABLE_LABEL
+
+    df = load(SAMPLE_RUN)
+    for make in (latency_vs_size, memory_overhead, speedup_heatmap):
+        fig = make(df)
+        artists = [a for ax in fig.axes for a in (*ax.patches, *ax.collections)]
+        assert not [a for a in artists if getattr(a, "get_hatch", lambda: None)()], make
+        texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert UNSTABLE_LABEL not in texts and not any("world_size" in t for t in texts)
+    assert UNSTABLE_HATCH  # the constant the checks above look for

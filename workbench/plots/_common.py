@@ -16,7 +16,11 @@ from typing import Any, ParamSpec
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from workbench.results.summary import unstable
 
 P = ParamSpec("P")
 
@@ -44,6 +48,13 @@ IMPLEMENTATION_ORDER = ("workbench", "torch")
 FLAG_PREFIX = "flag_"
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 MIN_WIDTH = 7.0  # inches
+
+# How a figure marks a point, bar or cell drawn from a row that carries a stability flag (or is
+# recorded as not stable): hatched and faded, so the number is still readable but not trusted.
+UNSTABLE_LABEL = "unstable / flagged"
+UNSTABLE_HATCH = "///"
+UNSTABLE_ALPHA = 0.45
+UNSTABLE_EDGE = "#c0392b"
 
 
 class SkipFigure(Exception):
@@ -73,6 +84,27 @@ def ok_rows(df: pd.DataFrame, needed: Sequence[str], what: str) -> pd.DataFrame:
     if rows.empty:
         raise SkipFigure(f"{what}: no ok row has {', '.join(needed)}")
     return rows
+
+
+def with_stability(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with `world_size` (1 where the run has none: older runs ran one process) and
+    `unstable` (see workbench.results.summary.unstable; False where the run records nothing).
+
+    world_size is an axis like dtype, never pooled: a 2-rank step does other work than a 1-rank
+    one, so a median over both would describe neither.
+    """
+    out = df.copy()
+    ranks = pd.to_numeric(out["world_size"], errors="coerce") if "world_size" in out else None
+    out["world_size"] = 1 if ranks is None else ranks.fillna(1).astype(int)
+    out["unstable"] = unstable(out)
+    return out
+
+
+def unstable_handle() -> Patch:
+    """The legend entry for the marks of unstable/flagged rows."""
+    return Patch(
+        facecolor="white", edgecolor=UNSTABLE_EDGE, hatch=UNSTABLE_HATCH, label=UNSTABLE_LABEL
+    )
 
 
 def as_floats(value: object) -> np.ndarray:
@@ -109,18 +141,23 @@ def sort_key(row: pd.Series | dict[str, Any]) -> tuple:
     )
 
 
+# Axes whose bare values would not say what they are (a "2" in a label): named like flags.
+NAMED_AXES = ("world_size",)
+
+
 def add_variant(df: pd.DataFrame, axes: Sequence[str], always: Sequence[str] = ()) -> pd.DataFrame:
     """Add a `variant` column naming each line: the `always` columns, then those of `axes` and the
     flags that vary in `df` (lines differing only in a flag must differ in their label too),
-    joined with '/'. Axis values name themselves (foreach, bfloat16); flags get their name."""
+    joined with '/'. Axis values name themselves (foreach, bfloat16); flags and NAMED_AXES get
+    their name (world_size=2)."""
     extra = [c for c in varying(df, [*axes, *flag_columns(df)]) if c not in always]
     out = df.copy()
 
     def name(row: pd.Series) -> str:
         parts = [str(row[c]) for c in always if c in row]
         for c in extra:
-            is_flag = c.startswith(FLAG_PREFIX)
-            parts.append(f"{c.removeprefix(FLAG_PREFIX)}={row[c]}" if is_flag else str(row[c]))
+            named = c.startswith(FLAG_PREFIX) or c in NAMED_AXES
+            parts.append(f"{c.removeprefix(FLAG_PREFIX)}={row[c]}" if named else str(row[c]))
         return "/".join(parts)
 
     out["variant"] = out.apply(name, axis=1) if not out.empty else pd.Series(dtype=str)
@@ -189,15 +226,21 @@ def panel_title(keys: object, names: Sequence[str]) -> str:
     return " · ".join(str(v) for v in values) if names else ""
 
 
-def figure_legend(fig: Figure, axes: Sequence[Any]) -> None:
+def figure_legend(fig: Figure, axes: Sequence[Any], extra: Sequence[Artist] = ()) -> None:
     """One legend for all panels, under them: the lines are the same in each panel, and a legend
-    inside a panel hides data."""
+    inside a panel hides data. `extra`: entries no panel draws itself (proxy artists). The
+    unstable/flagged entry comes last, after the lines it qualifies."""
     handles, labels = {}, []
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
+    found = [zip(*ax.get_legend_handles_labels()) for ax in axes]
+    found.append((h, h.get_label()) for h in extra)
+    for pairs in found:
+        for h, label in pairs:
             if label not in handles:
                 handles[label] = h
                 labels.append(label)
+    if UNSTABLE_LABEL in labels:
+        labels.remove(UNSTABLE_LABEL)
+        labels.append(UNSTABLE_LABEL)
     if labels:
         longest = max(len(label) for label in labels)
         # as many columns as the figure's width holds at ~0.065 in per character plus the handle

@@ -3,6 +3,8 @@
 `state_bytes` is the optimizer state kept between steps (exact), `step_peak_bytes` the peak of one
 step above the params and grads it was given (temporaries). Both are drawn against the params'
 own size, the yardstick a reader already has: foreach's temporary is typically one params' worth.
+Rows of different world_size are different bars (a rank of two holds other state than a lone
+process), never averaged; a bar drawn from an unstable or flagged row is hatched and faded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from matplotlib.figure import Figure
 
 from ._common import (
     DTYPE_BYTES,
+    UNSTABLE_ALPHA,
+    UNSTABLE_EDGE,
+    UNSTABLE_HATCH,
     SkipFigure,
     add_variant,
     figure_legend,
@@ -21,6 +26,8 @@ from ._common import (
     panel_title,
     sort_key,
     styled,
+    unstable_handle,
+    with_stability,
 )
 
 METRICS = (
@@ -48,7 +55,7 @@ def memory_overhead(df: pd.DataFrame) -> Figure:
     rows = df[(df["status"] == "ok") & measured]
     if rows.empty:
         raise SkipFigure("memory overhead: no ok row has state_bytes or step_peak_bytes")
-    rows = add_variant(rows, [], always=("implementation", "backend"))
+    rows = add_variant(with_stability(rows), ["world_size"], always=("implementation", "backend"))
     panel_cols = [c for c in PANEL_AXES if c in rows.columns]
     groups = list(rows.groupby(panel_cols, sort=False)) if panel_cols else [((), rows)]
     if {"optimizer", "numel"} <= set(rows.columns):  # small sizes first, as in the other figures
@@ -58,7 +65,12 @@ def memory_overhead(df: pd.DataFrame) -> Figure:
     height = 0.38
     for ax, (keys, panel) in zip(axes, groups):
         per_variant = panel.groupby("variant", sort=False).agg(
-            {**{m: "median" for m in present}, "implementation": "first", "backend": "first"}
+            {
+                **{m: "median" for m in present},
+                "implementation": "first",
+                "backend": "first",
+                "unstable": "any",
+            }
         )
         order = sorted(per_variant.index, key=lambda v: sort_key(per_variant.loc[v]))[::-1]
         per_variant = per_variant.loc[order]
@@ -69,7 +81,10 @@ def memory_overhead(df: pd.DataFrame) -> Figure:
         for k, (metric, label, color) in enumerate(m for m in METRICS if m[0] in present):
             values = per_variant[metric].to_numpy(dtype=float)
             offset = (k - (len(present) - 1) / 2) * height
-            ax.barh(y + offset, values / scale, height, label=label, color=color)
+            bars = ax.barh(y + offset, values / scale, height, label=label, color=color)
+            for bar, shaky in zip(bars, per_variant["unstable"]):
+                if shaky:
+                    bar.set(hatch=UNSTABLE_HATCH, alpha=UNSTABLE_ALPHA, edgecolor=UNSTABLE_EDGE)
             for yi, v in zip(y + offset, values):
                 text = format_bytes(v) if np.isfinite(v) else "n/a"
                 ax.text(v / scale if np.isfinite(v) else 0, yi, f" {text}", va="center", fontsize=7)
@@ -80,7 +95,7 @@ def memory_overhead(df: pd.DataFrame) -> Figure:
         ax.set_xlabel(unit)
         ax.grid(axis="y", visible=False)
         ax.set_title(panel_title(keys, panel_cols), loc="left")
-    figure_legend(fig, axes)
+    figure_legend(fig, axes, extra=[unstable_handle()] if rows["unstable"].any() else [])
     title = "Memory: state kept between steps, and one step's peak above params + grads"
     fig.suptitle(title, x=0.01, ha="left")
     return fig

@@ -3,6 +3,8 @@
 Each function takes a run's records (`workbench.results.load`) and returns a Figure, or raises
 SkipFigure when the run has nothing for it. Failed rows are left out of the lines; the heatmap
 names their status in their cell instead, so a missing bar is never mistaken for a slow one.
+Rows of different world_size are different lines (heatmap rows), never pooled; a point or cell
+drawn from an unstable or flagged row is ringed (hatched), with a legend entry saying so.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import pandas as pd
 from matplotlib import colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import EngFormatter, Formatter, FuncFormatter, NullFormatter
 
 from workbench.results.summary import with_ratios
 
 from ._common import (
+    UNSTABLE_ALPHA,
+    UNSTABLE_EDGE,
+    UNSTABLE_HATCH,
+    UNSTABLE_LABEL,
     SkipFigure,
     add_variant,
     as_floats,
@@ -30,11 +37,14 @@ from ._common import (
     panel_title,
     sort_key,
     styled,
+    unstable_handle,
     varying,
+    with_stability,
 )
 
 PANEL_AXES = ("optimizer", "dtype", "device")
 LINE_AXES = ("implementation", "backend")
+SERIES_AXES = ("world_size",)  # in a line's label where they vary, so that lines never pool them
 
 
 def _panels(rows: pd.DataFrame, axes: tuple[str, ...] = PANEL_AXES) -> list[str]:
@@ -43,12 +53,14 @@ def _panels(rows: pd.DataFrame, axes: tuple[str, ...] = PANEL_AXES) -> list[str]
 
 def _per_size(group: pd.DataFrame, value: str) -> pd.DataFrame:
     """One point per size: the median over repeats, and the quartiles of the pooled raw samples
-    where the run kept them (the spread a reader should see before believing a gap)."""
+    where the run kept them (the spread a reader should see before believing a gap); `unstable`
+    where any of the point's rows is."""
     points = []
     for size, g in group.groupby("size", sort=False):
         samples = np.concatenate([as_floats(s) for s in g.get("samples_s", [])] or [np.empty(0)])
         samples = samples[np.isfinite(samples)]
         point = {"size": size, "numel": g["numel"].iloc[0], "y": g[value].median()}
+        point["unstable"] = bool(g["unstable"].any()) if "unstable" in g else False
         if value == "median_s" and samples.size:
             point["lo"], point["hi"] = np.percentile(samples, [25, 75])
         points.append(point)
@@ -74,7 +86,7 @@ def _lines_vs_size(
     y_formatter: Formatter | None = None,
     reference: tuple[float, str] | None = None,
 ) -> Figure:
-    rows = add_variant(rows, [], always=LINE_AXES)
+    rows = add_variant(with_stability(rows), SERIES_AXES, always=LINE_AXES)
     styles = line_styles(rows)
     panel_cols = _panels(rows)
     groups = list(rows.groupby(panel_cols, sort=True)) if panel_cols else [((), rows)]
@@ -91,6 +103,7 @@ def _lines_vs_size(
             ax.errorbar(
                 pts["numel"], pts["y"], yerr=yerr, label=variant, capsize=2, ms=4, lw=1.2, **style
             )
+            _mark_unstable(ax, pts[pts["unstable"]])
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
@@ -111,6 +124,24 @@ def _lines_vs_size(
             ax.set_xlim(x / 3, x * 3)
     figure_legend(fig, axes)
     return fig
+
+
+def _mark_unstable(ax: Axes, pts: pd.DataFrame) -> None:
+    """A faded, hatched ring around each point drawn from an unstable/flagged row."""
+    if pts.empty:
+        return
+    ax.scatter(
+        pts["numel"],
+        pts["y"],
+        s=110,
+        facecolors="none",
+        edgecolors=UNSTABLE_EDGE,
+        hatch=UNSTABLE_HATCH,
+        alpha=UNSTABLE_ALPHA + 0.3,  # the ring itself must stay visible on a light line
+        linewidths=1.2,
+        label=UNSTABLE_LABEL,
+        zorder=3,
+    )
 
 
 def _whole_decades(ax: Axes) -> None:
@@ -161,9 +192,11 @@ def _heat_labels(rows: pd.DataFrame) -> pd.DataFrame:
     """Row label (what problem) and column label (which implementation) of each case."""
     out = rows.copy()
     flags = varying(out, flag_columns(out))
+    ranks = varying(out, SERIES_AXES)
 
     def problem(r: pd.Series) -> str:
         parts = [str(r.get("optimizer", "")), str(r.get("size", ""))]
+        parts += [f"{c}={r[c]}" for c in ranks]
         parts += [f"{c.removeprefix('flag_')}={r[c]}" for c in flags]
         return " · ".join(parts)
 
@@ -174,12 +207,12 @@ def _heat_labels(rows: pd.DataFrame) -> pd.DataFrame:
 
 @styled
 def speedup_heatmap(df: pd.DataFrame) -> Figure:
-    """vs_torch_best per problem (optimizer, size, varying flags) x implementation/backend; one
-    panel per dtype/device. Green is faster than torch.optim's best, red slower; a failed case
-    shows its status."""
+    """vs_torch_best per problem (optimizer, size, world_size and flags where they vary) x
+    implementation/backend; one panel per dtype/device. Green is faster than torch.optim's best,
+    red slower; a failed case shows its status, an unstable/flagged one is hatched."""
     if not {"implementation", "backend", "status"} <= set(df.columns):
         raise SkipFigure("speedup heatmap: the run has no implementation/backend/status columns")
-    rows = with_ratios(df)
+    rows = with_ratios(with_stability(df))
     # Only latency cases: convergence cases (a `problem`) time no step, ok or diverged.
     if "problem" in rows:
         rows = rows[rows["problem"].isna()]
@@ -216,6 +249,8 @@ def speedup_heatmap(df: pd.DataFrame) -> Figure:
         statuses = panel.groupby(["heat_row", "heat_col"])["status"].agg(
             lambda s: "ok" if (s == "ok").any() else str(s.iloc[0])
         )
+        ok_panel = panel[panel["status"] == "ok"]
+        shaky = set(ok_panel[ok_panel["unstable"]].groupby(["heat_row", "heat_col"]).groups)
         image = ax.imshow(
             np.log2(values.to_numpy(dtype=float)), cmap=cmap, norm=norm, aspect="auto"
         )
@@ -228,6 +263,8 @@ def speedup_heatmap(df: pd.DataFrame) -> Figure:
                 else:
                     text, tone = statuses.get((r, c), "–"), "#555555"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color=tone)
+                if (r, c) in shaky and np.isfinite(v):
+                    ax.add_patch(_hatched_cell(i, j))
         ax.set_xticks(range(len(columns)), labels=columns, rotation=30, ha="right")
         ax.set_yticks(range(len(row_labels)), labels=row_labels)
         ax.grid(False)
@@ -235,5 +272,20 @@ def speedup_heatmap(df: pd.DataFrame) -> Figure:
         bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.01)
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2**v:.2g}×"))
         bar.set_label("speedup (log scale)")
+    if rows.loc[rows["status"] == "ok", "unstable"].any():
+        figure_legend(fig, axes, extra=[unstable_handle()])
     fig.suptitle("Speedup over torch.optim's fastest, same problem, same run", x=0.01, ha="left")
     return fig
+
+
+def _hatched_cell(i: int, j: int) -> Rectangle:
+    return Rectangle(
+        (j - 0.5, i - 0.5),
+        1,
+        1,
+        fill=False,
+        hatch=UNSTABLE_HATCH,
+        edgecolor=UNSTABLE_EDGE,
+        alpha=UNSTABLE_ALPHA,
+        lw=0,
+    )

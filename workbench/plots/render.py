@@ -41,21 +41,23 @@ FIGURES: tuple[FigureSpec, ...] = (
         "latency_vs_size",
         "Latency vs size",
         "Median step time against elements stepped, log-log; bars are the IQR of the raw samples. "
-        "Lower is better.",
+        "Lower is better. A ringed point is drawn from an unstable or flagged row.",
         lambda df, m: latency_vs_size(df),
     ),
     FigureSpec(
         "speedup_heatmap",
         "Speedup over torch.optim",
         "torch.optim's fastest median for the same problem divided by this median, measured side "
-        "by side in this run. Above 1x is faster than torch.optim; grey cells did not run ok.",
+        "by side in this run. Above 1x is faster than torch.optim; grey cells did not run ok, "
+        "hatched ones come from an unstable or flagged row.",
         lambda df, m: speedup_heatmap(df),
     ),
     FigureSpec(
         "memory_overhead",
         "Memory overhead",
         "Optimizer state (kept between steps) and one step's peak above params and grads, per "
-        "implementation/backend; the dashed line is the params' own size.",
+        "implementation/backend; the dashed line is the params' own size. Hatched, faded bars "
+        "come from an unstable or flagged row.",
         lambda df, m: memory_overhead(df),
     ),
     FigureSpec(

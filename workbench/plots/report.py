@@ -2,7 +2,9 @@
 
 Everything is inside the file: figures as base64 PNG, styles inline, no scripts, no links out.
 It says where the numbers come from (commit, versions, machine, what the device could not
-measure), then the numbers (summary table), then what failed and why, then the figures.
+measure), how many rows can be trusted at face value, then the numbers (summary table, with
+unstable/flagged rows marked ⚠ and a legend of the flags), then what failed and why, then the
+figures.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from workbench.results.summary import summary_table
+from workbench.results.summary import (
+    flag_legend,
+    row_flags,
+    stability_recorded,
+    summary_table,
+    unstable,
+)
 
 from .render import FIGURES, Rendered, load_run, render_run
 
@@ -32,6 +41,10 @@ th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vert
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; position: sticky; top: 0; }
 tr.failed td { color: #a33; background: #fff5f5; } tr.skipped td { color: #888; }
+tr.unstable td { color: #777;
+  background: repeating-linear-gradient(135deg, #fffaf0 0 6px, #f6eedc 6px 12px); }
+.mark { color: #b36b00; font-weight: bold; }
+.legend { font-size: 12px; color: #555; margin: 0.3em 0 1em; padding-left: 1.2em; }
 .kv th { background: none; width: 14em; color: #555; font-weight: normal; }
 .notice { padding: 0.8em 1em; background: #fff4e0; border-left: 4px solid #e69b00; }
 .failure { margin: 0.6em 0; padding: 0.5em 0.8em; border-left: 4px solid #c0392b;
@@ -73,6 +86,7 @@ def write_report(
     df, manifest = load_run(rendered.run_dir)
     sections = [
         _header(manifest, df),
+        _stability(df),
         _environment(manifest),
         _unavailable(manifest),
         _results(df),
@@ -108,20 +122,68 @@ def _kv(pairs: Iterable[tuple[str, object]]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
-def _table(frame: pd.DataFrame) -> str:
-    """A plain HTML table; rows whose status is not ok are marked, numbers right-aligned."""
+MARK = "⚠"
+
+
+def _table(frame: pd.DataFrame, shaky: Iterable[bool] | None = None) -> str:
+    """A plain HTML table; rows whose status is not ok are marked, numbers right-aligned.
+
+    `shaky`, one per row in order: rows not to take at face value (unstable or flagged), shown
+    muted and striped with a ⚠ before their flags ("unstable" without any; in the first cell when
+    the table has no flags column).
+    """
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
     numeric = {c for c in frame.columns if frame[c].dtype.kind in "fiu"}
+    marks = list(shaky) if shaky is not None else [False] * len(frame)
     body = []
-    for _, row in frame.iterrows():
+    for (_, row), marked in zip(frame.iterrows(), marks):
         status = row.get("status", "ok")
         cls = "" if status == "ok" else f' class="{"skipped" if status == "skipped" else "failed"}"'
-        cells = "".join(
-            f'<td class="num">{_e(_fmt(v))}</td>' if c in numeric else f"<td>{_e(_fmt(v))}</td>"
-            for c, v in row.items()
-        )
-        body.append(f"<tr{cls}>{cells}</tr>")
+        if marked and status == "ok":
+            cls = ' class="unstable"'
+        cells = []
+        mark_in = "flags" if "flags" in frame.columns else frame.columns[0]
+        for c, v in row.items():
+            text = _e(_fmt(v))
+            if c == mark_in and marked:
+                text = f'<span class="mark">{MARK}</span> {text or "unstable"}'
+            cells.append(f'<td class="num">{text}</td>' if c in numeric else f"<td>{text}</td>")
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _stability(df: pd.DataFrame) -> str:
+    """The count a reader checks before the numbers: how many ok rows are stable, how many rows
+    are flagged, and which rows did not run ok at all (no-op included)."""
+    if df.empty:
+        return ""
+    ok = df["status"] == "ok"
+    not_ok = df.loc[~ok, "status"].value_counts()
+    others = ", ".join(f"{n} {status}" for status, n in not_ok.items())
+    tail = f" · not ok: {_e(others)}" if others else " · every row ok"
+    if not stability_recorded(df):
+        return (
+            f'<p class="stability">Stability not recorded (a run from before the stability '
+            f"checks): {int(ok.sum())} ok rows, none marked{tail}</p>"
+        )
+    if "stable" in df.columns:  # a NaN (a row from an older run in the frame) is not known stable
+        stable = int((ok & df["stable"].map(lambda v: v is True or v is np.True_)).sum())
+    else:
+        stable = int((ok & ~unstable(df)).sum())
+    flagged = int(row_flags(df).map(bool).sum())
+    return (
+        f'<p class="stability"><b>{stable} of {int(ok.sum())} ok rows stable; {flagged} '
+        f"flagged</b>{tail}</p>"
+    )
+
+
+def _legend(df: pd.DataFrame) -> str:
+    items = "".join(f"<li><b>{_e(f)}</b>: {_e(m)}</li>" for f, m in flag_legend(df).items())
+    return (
+        f'<ul class="legend"><li><span class="mark">{MARK}</span> marks a row not to take at face '
+        f"value (striped): it carries one of these flags, or is recorded as not stable.</li>"
+        f"{items}</ul>"
+    )
 
 
 def _header(manifest: Mapping[str, Any], df: pd.DataFrame) -> str:
@@ -213,18 +275,25 @@ def _results(df: pd.DataFrame) -> str:
         return ""
     convergence = df["problem"].notna() if "problem" in df.columns else pd.Series(False, df.index)
     parts = []
+    latency = df[~convergence]
     if (~convergence).any():
         parts += [
             "<h2>Summary</h2>",
             "<p>Times in ms (median, IQR of the raw samples); <i>vs torch</i> is torch.optim's "
             "fastest median for the same problem over this one, measured in this run "
-            "(above 1 is faster); <i>of probe</i> is the fraction of the streaming bandwidth.</p>",
-            _table(summary_table(df[~convergence])),
+            "(above 1 is faster); <i>of probe</i> is the fraction of the streaming bandwidth; "
+            "<i>± %</i> is the half-width of the median's 95% confidence interval.</p>",
+            _legend(df),
+            _table(summary_table(latency), unstable(latency)),
         ]
     if convergence.any():
         conv = df[convergence]
         cols = {k: v for k, v in CONVERGENCE_COLUMNS.items() if k in conv.columns}
-        parts += ["<h2>Convergence</h2>", _table(conv[list(cols)].rename(columns=cols))]
+        table = conv[list(cols)].rename(columns=cols)
+        if "flags" in conv.columns:
+            table.insert(len(table.columns) - 1, "flags", row_flags(conv).map(", ".join))
+        legend = [] if parts else [_legend(df)]  # once, before the first table
+        parts += ["<h2>Convergence</h2>", *legend, _table(table, unstable(conv))]
     return "\n".join(parts)
 
 
