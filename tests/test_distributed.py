@@ -6,7 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -163,3 +168,69 @@ def test_shipped_suites_have_sharded_cases_beside_single_process_ones() -> None:
     gpu = load_suite(ROOT / "suites" / "gpu.toml")
     assert gpu.distributed.backend == "nccl"
     assert {c.world_size for c in gpu.cases()} == {1, 2}
+
+
+SLEEPER = """
+import os, sys, time
+from pathlib import Path
+Path(sys.argv[1]).write_text(str(os.getpid()))
+time.sleep(float(sys.argv[2]))
+"""
+
+LAUNCHER = """
+import sys
+from pathlib import Path
+from workbench.harness.distributed import launch, rank_temp_dir
+tmp = rank_temp_dir()
+Path(sys.argv[1]).write_text(tmp.name)
+launch("sleeper", [str(Path(tmp.name) / "rank.pid"), "600"], 1, timeout_s=600)
+"""
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_and_temp_dirs_do_not_outlive_a_killed_launcher(tmp_path: Path, monkeypatch):
+    from workbench.harness.distributed import pid_alive, rank_temp_dir
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "tmp").mkdir()
+    path = os.pathsep.join([str(tmp_path / "mods"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "TMPDIR": str(tmp_path / "tmp")}
+    named = tmp_path / "temp_dir_name"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(named)], env=env)
+
+    def rank_pid() -> int | None:
+        try:  # each file may not be there yet, or be empty for an instant
+            return int((Path(named.read_text()) / "rank.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    rank = None
+    try:
+        assert _wait_for(lambda: rank_pid() is not None, 60)
+        stale, rank = Path(named.read_text()), rank_pid()
+        assert pid_alive(rank)
+        launcher.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel acts
+        launcher.wait()
+        assert _wait_for(lambda: not pid_alive(rank), 5), f"rank {rank} outlived its launcher"
+    finally:
+        launcher.kill()
+        launcher.wait()
+        if rank is not None and pid_alive(rank):
+            os.kill(rank, signal.SIGKILL)
+    assert stale.is_dir()  # nobody could remove it ...
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("PYTHONPATH", path)
+    with rank_temp_dir() as ours:  # (a live owner's dir is not stale)
+        launch("sleeper", [str(tmp_path / "quick.pid"), "0"], 1, timeout_s=60)
+        assert not stale.exists()  # ... until the next launch
+        assert Path(ours).is_dir()

@@ -6,20 +6,33 @@ reads with ``init_method="env://"``, as under torchrun), each in its own process
 fails, the others are killed at once (they would wait for it in a collective forever); when the
 deadline passes, every rank's process group is killed. Either way the caller gets an exception, not
 a hang: a sweep turns it into an error row and goes on.
+
+When the launching process itself dies without a chance to clean up (SIGKILL, OOM killer), its
+ranks die with it on Linux (PR_SET_PDEATHSIG), so that none is left waiting in a collective; the
+temp dirs of its cases (``rank_temp_dir``, named after its pid) are removed by the next ``launch``
+of any process, which finds their owner gone. Rank logs are unlinked temp files: they go with the
+last process that has them open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+TEMP_PREFIX = "workbench-dist-"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class LaunchError(Exception):
@@ -42,6 +55,63 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def rank_temp_dir() -> tempfile.TemporaryDirectory[str]:
+    """A temp dir for one sharded case's spec and row, ``workbench-dist-<our pid>-...``: should
+    this process be killed before it removes the dir, a later ``launch`` sees the owner is gone."""
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def remove_stale_temp_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the ``rank_temp_dir``s under ``root`` (the temp dir) whose owning process is dead;
+    return them. Only this user's: another user's are theirs to judge."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        owner = re.fullmatch(rf"{TEMP_PREFIX}(\d+)-.+", path.name)
+        try:
+            mine = path.is_dir() and path.stat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile by another launch
+            continue
+        if owner and mine and not pid_alive(int(owner[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it has died and waits to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # it ended just now; or there is no procfs to ask (not Linux): it runs
+        return not Path("/proc").is_dir()
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel SIGKILL the child when this process dies; None where
+    prctl is not there (not Linux). The signal follows the forking *thread*: ``launch`` waits for
+    its ranks in the thread that started them, so they never outlive it while it is needed."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # kept across exec
+        if os.getppid() != parent:  # the parent died before prctl: no signal would ever come
+            os._exit(1)
+
+    return preexec
 
 
 def launch(
@@ -68,6 +138,8 @@ def launch(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size))
         ),
     )
+    remove_stale_temp_dirs()  # of launchers killed before they could clean up
+    preexec = _die_with_parent()
     procs: list[tuple[subprocess.Popen, object]] = []
     try:
         for rank in range(world_size):
@@ -78,6 +150,7 @@ def launch(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, killed as a whole
+                preexec_fn=preexec,  # only prctl and getppid: safe between fork and exec
             )
             procs.append((proc, log))
         deadline = time.monotonic() + timeout_s
