@@ -1,26 +1,40 @@
 """`workbench run | list | show | compare | plot | report | profile`: the harness, command line.
 
-Exit codes: 0 done, 1 a run finished with failed cases is still 0 (failures are rows), 2 bad input
-(a suite, an override or a run directory that cannot be used), 130 interrupted (rows kept).
-`compare` exits 1 when it finds at least one regression.
+Exit codes:
+  0    done. A run with some failed cases is still 0: failures are rows.
+  1    `run`: no case was measured (every case failed or was skipped).
+       `--strict` (`run`, `show`): a row failed, or a measured row is not stable (flagged, or
+       recorded before stability was measured).
+       `compare`: at least one regression.
+  2    bad input: a suite, an override or a run directory that cannot be used, or a run that
+       another process is writing (one writer per run directory).
+  130  interrupted (rows kept; finish with `run --resume`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from workbench.results.compare import cmd_compare
-from workbench.results.store import SUITE_COPY, RunStore, RunStoreError, load
-from workbench.results.summary import summary_table
+from workbench.results.store import SUITE_COPY, RunStore, RunStoreError, load, status_of
+from workbench.results.summary import row_flags, summary_table
+
+# statuses that are not failures: measured, or deliberately not run (no GPU, peer not installed)
+_NOT_FAILED = ("ok", "skipped")
+NO_STABILITY = "no stability data: recorded before stability was measured"
 
 # Logs and CI are not terminals: give tables room there instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -34,48 +48,44 @@ def _suite_errors() -> tuple[type[Exception], ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workbench.harness import environment
-    from workbench.harness.runner import run_cases
     from workbench.harness.suite import load_suite
 
     if args.resume:
-        store = RunStore.open(args.resume)
-        suite_path = args.resume / SUITE_COPY
-        suite = load_suite(suite_path, store.manifest.get("overrides", []))
-    else:
-        if args.suite is None:
-            raise SystemExit("workbench run: give a SUITE file, or --resume RUN_DIR")
-        suite = load_suite(args.suite, args.set)
+        # the lock before anything else: a run another process is writing is refused (exit 2)
+        with RunStore.open(args.resume, lock=True) as store:
+            suite_path = args.resume / SUITE_COPY
+            suite = load_suite(suite_path, store.manifest.get("overrides", []))
+            return _measure(args, suite, store, suite.cases())
+    if args.suite is None:
+        raise SystemExit("workbench run: give a SUITE file, or --resume RUN_DIR")
+    suite = load_suite(args.suite, args.set)
     cases = suite.cases()  # validates the whole sweep before any work
-    if not args.resume:
-        run_id = time.strftime(f"{suite.name}-%Y%m%d-%H%M%S")
-        run_dir = args.out / run_id
-        manifest = {
-            "run_id": run_id,
-            "suite": suite.name,
-            "suite_file": str(args.suite),
-            "overrides": list(args.set),
-            "n_cases": len(cases),
-            "environment": environment.capture_environment(),
-            "capabilities": {d: environment.capabilities(d) for d in {c.device for c in cases}},
-        }
-        store = RunStore.create(run_dir, manifest, Path(args.suite).read_text())
-    todo = len(cases) - len(store.done_case_ids() & {c.case_id for c in cases})
-    console.print(f"run {store.run_dir}: {len(cases)} cases, {todo} to run")
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
+    run_id = time.strftime(f"{suite.name}-%Y%m%d-%H%M%S")
+    manifest = {
+        "run_id": run_id,
+        "suite": suite.name,
+        "suite_file": str(args.suite),
+        "overrides": list(args.set),
+        "n_cases": len(cases),
+        "environment": environment.capture_environment(),
+        "capabilities": {d: environment.capabilities(d) for d in {c.device for c in cases}},
+    }
+    suite_text = Path(args.suite).read_text(encoding="utf-8")  # load_suite checked it decodes
+    # the store is locked for as long as the run goes on, and released however it ends
+    with RunStore.create(args.out / run_id, manifest, suite_text) as store:
+        return _measure(args, suite, store, cases)
+
+
+def _measure(args: argparse.Namespace, suite: Any, store: RunStore, cases: list[Any]) -> int:
+    """Run the cases the store lacks, then the summary; the exit code of `run`."""
+    from workbench.harness.runner import run_cases
+
+    done = store.done_case_ids()
+    pending = [c for c in cases if c.case_id not in done]
+    console.print(f"run {store.run_dir}: {len(cases)} cases, {len(pending)} to run")
     try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("measuring", total=todo)
-
-            def done(case, row) -> None:
-                label = f"{case.optimizer} {case.implementation}/{case.backend} {case.size}"
-                progress.update(task, advance=1, description=f"{label}: {row['status']}")
-
-            run_cases(suite, store, cases, done)
+        with _progress(pending) as on_case_done:
+            run_cases(suite, store, cases, on_case_done)
     except KeyboardInterrupt:
         store.set_status("interrupted")
         console.print(
@@ -84,9 +94,119 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     store.set_status("complete")
-    print_summary(load(store.run_dir))
+    if not store.rows:
+        console.print("[red]nothing was measured: the run has no rows")
+        return 1
+    df = load(store.run_dir)
+    print_summary(df)
     console.print(f"records: {store.run_dir / 'records.parquet'}")
-    return 0
+    code = 0
+    if not (df["status"] == "ok").any():
+        console.print(f"[red]no case was measured: all {len(df)} failed or were skipped")
+        code = 1
+    if args.strict and not _strict_passes(df):
+        code = 1
+    return code
+
+
+OnCaseDone = Callable[[Any, dict[str, Any]], None]
+
+
+@contextlib.contextmanager
+def _progress(pending: list[Any]) -> Iterator[OnCaseDone]:
+    """What `run` shows while it measures: a live bar on a terminal; elsewhere (a log, CI), where
+    a live bar would print nothing until the end, one plain line per finished case."""
+    total = len(pending)
+    finished: set[str] = set()
+    began = time.monotonic()
+
+    def upcoming() -> str:
+        # the runner takes the pending cases in order (interleaved groups in the order of their
+        # first case), so the first unfinished one is the one being measured
+        nxt = next((c for c in pending if c.case_id not in finished), None)
+        return _case_label(nxt) if nxt is not None else "done"
+
+    if not sys.stdout.isatty():
+
+        def plain(case: Any, row: dict[str, Any]) -> None:
+            finished.add(case.case_id)
+            i = len(finished)
+            eta = (time.monotonic() - began) / i * (total - i)
+            print(f"[{i}/{total}] {progress_line(case, row)}  ETA {_clock(eta)}", flush=True)
+
+        yield plain
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(upcoming(), total=total)
+
+        def live(case: Any, row: dict[str, Any]) -> None:
+            finished.add(case.case_id)
+            progress.update(task, advance=1, description=upcoming())
+
+        yield live
+
+
+def _case_label(case: Any) -> str:
+    ranks = f" ranks={case.world_size}" if case.world_size != 1 else ""
+    return f"{case.optimizer} {case.implementation}/{case.backend} {case.size} {case.dtype}{ranks}"
+
+
+def progress_line(case: Any, row: dict[str, Any]) -> str:
+    """`<optimizer> <implementation>/<backend> <size> <dtype>: <status> [<median> ms] [flags]`."""
+    parts = [f"{_case_label(case)}: {row.get('status', '?')}"]
+    median = row.get("median_s")
+    if row.get("status") == "ok" and isinstance(median, float) and math.isfinite(median):
+        parts.append(f"{_fmt(median * 1e3)} ms")
+    flags = [] if row.get("flags") is None else list(row["flags"])  # a list, or numpy's array
+    if flags:
+        parts.append(f"[{', '.join(flags)}]")
+    return " ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+def _strict_passes(df: pd.DataFrame) -> bool:
+    """--strict: every row ok or skipped, and every ok row known to be stable. Prints why not."""
+    status = df["status"].astype(str) if "status" in df else pd.Series("ok", index=df.index)
+    problems = [
+        f"failed: {_row_label(row)}: {row['status']}"
+        for _, row in df[~status.isin(_NOT_FAILED)].iterrows()
+    ]
+    ok = status == "ok"
+    if not ok.any():
+        problems.append("no ok row: nothing was measured")
+    elif "stable" not in df.columns:
+        problems.append(f"unstable: all {int(ok.sum())} ok rows: {NO_STABILITY}")
+    else:
+        flags = row_flags(df)
+        for index, row in df[ok].iterrows():
+            stable = row["stable"]
+            if stable is None or (isinstance(stable, float) and math.isnan(stable)):
+                problems.append(f"unstable: {_row_label(row)}: {NO_STABILITY}")
+            elif not bool(stable):
+                why = ", ".join(flags[index]) or "not stable"
+                problems.append(f"unstable: {_row_label(row)}: {why}")
+    for problem in problems:
+        console.print(f"[red]strict:[/red] {escape(problem)}", highlight=False)
+    if problems:
+        console.print(f"[red]strict: {len(problems)} problem(s) in {len(df)} rows", highlight=False)
+    return not problems
+
+
+def _row_label(row: pd.Series) -> str:
+    axes = [row.get(c) for c in ("optimizer", "implementation", "backend", "size", "dtype")]
+    named = " ".join(str(a) for a in axes if a is not None and a == a)  # a == a: not NaN
+    return f"{str(row.get('case_id', '?'))[:8]} {named}".strip()
 
 
 def print_summary(df: pd.DataFrame) -> None:
@@ -125,7 +245,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         m = store.manifest
         table.add_row(
-            store.run_dir.name, m.get("suite", "?"), m.get("status", "?"), m.get("started", "?"),
+            store.run_dir.name, m.get("suite", "?"), status_of(store.run_dir, m),
+            m.get("started", "?"),
             f"{len(store.rows)}/{m.get('n_cases', '?')}",
         )  # fmt: skip
     console.print(table)
@@ -137,10 +258,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     env = store.manifest.get("environment", {})
     console.print(
         f"{store.run_dir.name}: suite {store.manifest.get('suite')}, "
-        f"{store.manifest.get('status')}, torch {env.get('torch')}, git {env.get('git_sha')}"
+        f"{status_of(store.run_dir, store.manifest)}, torch {env.get('torch')}, "
+        f"git {env.get('git_sha')}"
     )
+    df = load(store.run_dir) if store.rows else pd.DataFrame({"status": []})
     if store.rows:
-        print_summary(load(store.run_dir))
+        print_summary(df)
+    if args.strict and not _strict_passes(df):
+        return 1
     return 0
 
 
@@ -183,6 +308,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+STRICT_HELP = "exit 1 if a row failed or a measured row is not stable"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a suite key, e.g. --set timing.budget_s=1")  # fmt: skip
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    run.add_argument("--strict", action="store_true", help=STRICT_HELP)
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list runs")
@@ -201,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="summary table of a run")
     show.add_argument("run", type=Path)
+    show.add_argument("--strict", action="store_true", help=STRICT_HELP)
     show.set_defaults(func=cmd_show)
 
     cmp = sub.add_parser("compare", help="per-case change from BASE to NEW; exit 1 on regression")

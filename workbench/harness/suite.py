@@ -274,6 +274,11 @@ def load_suite(path: Path | str, overrides: Sequence[str] = ()) -> Suite:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SuiteError(path, "file", f"cannot read it: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition: say where the bad byte is
+        bad = e.object[e.start : e.start + 1].hex()
+        raise SuiteError(
+            path, f"byte {e.start}", f"not UTF-8 text: {e.reason} (0x{bad}); save it as UTF-8"
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
