@@ -40,19 +40,23 @@ def no_op(params: Any, **flags: Any) -> torch.optim.Optimizer:
     return _NoOp(params)
 
 
-# the sleepy step's slowdown, read when it is built: the same case, genuinely slower
+# "<numel>:<factor>": the sleepy step of the case with that many params sleeps factor x longer,
+# read when it is built: the same case, genuinely slower, the others untouched
 SLOWDOWN_ENV = "WORKBENCH_TEST_SLOWDOWN"
 
 
 class _SleepySGD(torch.optim.SGD):
-    """SGD whose step also sleeps SLEEP_S x slowdown: a genuine, controllable slowdown that
+    """SGD whose step also sleeps SLEEP_S (x the slowdown): a genuine, controllable slowdown that
     contention for the CPU barely moves (a sleep waits, it does not compute)."""
 
     SLEEP_S = 2e-3
 
     def __init__(self, params: Any, **flags: Any) -> None:
         super().__init__(params, lr=1e-3, **flags)
-        self.sleep_s = self.SLEEP_S * float(os.environ.get(SLOWDOWN_ENV, "1"))
+        numel = sum(p.numel() for group in self.param_groups for p in group["params"])
+        target, _, factor = os.environ.get(SLOWDOWN_ENV, "").partition(":")
+        slower = target.isdigit() and int(target) == numel
+        self.sleep_s = self.SLEEP_S * (float(factor) if slower else 1.0)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:

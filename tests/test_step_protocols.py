@@ -14,7 +14,7 @@ import torch
 from tests.test_convergence import run_suite
 from tests.test_runner import _only_run
 from workbench.cli import main
-from workbench.harness import latency, step_protocols
+from workbench.harness import measure, step_protocols
 from workbench.harness.cases import Case
 from workbench.harness.convergence import ReferenceCache, run_convergence_case, run_steps
 from workbench.harness.runner import run_case
@@ -69,7 +69,7 @@ def measured(
         built.append(build_workload(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(latency, "build_workload", keep)
+    monkeypatch.setattr(measure, "build_workload", keep)
     suite = load_suite(path)
     out = []
     for case in suite.cases():

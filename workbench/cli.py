@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from workbench.results.compare import cmd_compare
+from workbench.results.compare import DEFAULT_THRESHOLD, cmd_compare
 from workbench.results.store import SUITE_COPY, RunStore, RunStoreError, load, status_of
 from workbench.results.summary import row_flags, summary_table
 
@@ -333,11 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--strict", action="store_true", help=STRICT_HELP)
     show.set_defaults(func=cmd_show)
 
-    cmp = sub.add_parser("compare", help="per-case change from BASE to NEW; exit 1 on regression")
+    cmp = sub.add_parser(
+        "compare",
+        help="per-case change from BASE to NEW; exit 1 on a regression, new failure or missing",
+    )
     cmp.add_argument("base", type=Path, help="baseline run directory (or its records.parquet)")
     cmp.add_argument("new", type=Path, help="run to judge against it")
-    cmp.add_argument("--threshold", type=float, default=0.05,
-                     help="smallest change of the median that counts (0.05: 5%%)")  # fmt: skip
+    cmp.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                     help="smallest change of the median that counts (default %(default)s: "
+                          "10%%)")  # fmt: skip
+    cmp.add_argument("--allow-missing", action="store_true",
+                     help="a case of BASE missing from NEW does not fail the gate")  # fmt: skip
     cmp.add_argument("--alpha", type=float, default=0.01,
                      help="significance level, Holm-corrected over the cases")  # fmt: skip
     cmp.add_argument("--metric", choices=("time", "ratio"), default="time",

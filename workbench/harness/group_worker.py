@@ -6,7 +6,7 @@ their agreement says little; in separate processes, the spread between them is t
 between-process noise that a second run of the suite will meet (pyperf judges a benchmark by
 values from several processes for the same reason). The worker loads the suite as the run did
 (its file and overrides), sets the same conditions, measures the group by the same path
-(latency.measure_group) and writes the rows, failures included, as JSON.
+(measure.measure_group) and writes the rows, failures included, as JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _TIMEOUT_S = 3600
 
 def measure_in_worker(cases: list[Case], suite: Suite, log: Path) -> list[tuple[Case, Outcome]]:
     """Measure `cases` (one group) in a child process; per case a callable giving its row."""
-    from .latency import failed_outcome
+    from .measure import failed_outcome
 
     with tempfile.TemporaryDirectory(prefix="workbench-group-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "rows.json"
@@ -59,7 +59,7 @@ def measure_in_worker(cases: list[Case], suite: Suite, log: Path) -> list[tuple[
 
 def _replay(row: dict[str, Any]) -> Outcome:
     """The worker's row, or the failure it recorded, as the runner's outcome."""
-    from .latency import CaseFailure
+    from .measure import CaseFailure
 
     def outcome() -> dict[str, Any]:
         if row.get("status", "ok") != "ok":
@@ -72,7 +72,7 @@ def _replay(row: dict[str, Any]) -> Outcome:
 
 def main(spec_path: str, out_path: str) -> int:
     from . import conditions, quiet
-    from .latency import measure_group
+    from .measure import measure_group
     from .runner import _row
     from .suite import load_suite
 

@@ -1,11 +1,11 @@
 """Interleaved cases (``[timing] interleave = true``): the implementations and backends of one
 optimizer on one size, dtype and device, built together and timed in alternating rounds
-(latency.measure_group, timing.time_interleaved), so that their ratios hold on a machine shared
+(measure.measure_group, timing.time_interleaved), so that their ratios hold on a machine shared
 with other work.
 
 A group whose workloads would take more than a fraction of the device's memory all at once is
 timed one case at a time instead. What a case holds counts every copy it builds: a small working
-set is replicated up to CACHE_MULTIPLE caches (latency.copies_for), and the no-op check clones the
+set is replicated up to CACHE_MULTIPLE caches (measure.copies_for), and the no-op check clones the
 params once. (Counting one copy let a 10M-param Adam group reach 7.5 GB RSS on a 24 GB box.)
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .cases import Case
-from .latency import copies_for
+from .measure import copies_for
 from .step_protocols import class_minimal_bytes
 
 # at most this fraction of the device's memory for one group's workloads alive together

@@ -149,13 +149,18 @@ def measure_group(cases: list[Case], suite: Suite) -> list[tuple[Case, Outcome]]
         except Exception as e:
             outcomes[case.case_id] = failed_outcome(e)
     if prepared:
-        timings = _time_group(prepared, suite)
+        monitor = (
+            bandwidth.StreamMonitor(prepared[0].device) if suite.measure.bandwidth_probe else None
+        )
+        timings = _time_group(prepared, suite, monitor)
+        window = _window_probe(timings.pop(), monitor) if monitor else {}
         for p, timing in zip(prepared, timings):
             if isinstance(timing, Exception):
                 outcomes[p.case.case_id] = failed_outcome(timing)
                 continue
             try:
                 row = finish_case(p, timing, suite)
+                row.update(window)
                 if len(prepared) > 1:
                     row["interleaved_with"] = len(prepared)
                 outcomes[p.case.case_id] = _returning(row)
@@ -164,14 +169,29 @@ def measure_group(cases: list[Case], suite: Suite) -> list[tuple[Case, Outcome]]
     return [(case, outcomes[case.case_id]) for case in cases]
 
 
-def _time_group(prepared: list[PreparedCase], suite: Suite) -> list[Timing | Exception]:
-    """Time the group; once more if other processes took more than the suite allows of our CPUs
-    (a burst usually passes; a second reading inside one is flagged by finish_case)."""
+def _window_probe(timing: Timing | Exception, monitor: bandwidth.StreamMonitor) -> dict[str, Any]:
+    """The bandwidth the monitor read during the group's rounds: its median, and how steady it was
+    (relative IQR of its passes)."""
+    if isinstance(timing, Exception) or not timing.samples_s:
+        return {}
+    rates = sorted(monitor.bytes_per_pass / s for s in timing.samples_s)
+    median = rates[len(rates) // 2]
+    q1, q3 = rates[len(rates) // 4], rates[(3 * len(rates)) // 4]
+    return {"probe_window_bw": median, "probe_window_spread": (q3 - q1) / median}
+
+
+def _time_group(
+    prepared: list[PreparedCase], suite: Suite, monitor: bandwidth.StreamMonitor | None
+) -> list[Timing | Exception]:
+    """Time the group (and the bandwidth monitor, last, as one more step of its rounds); once
+    more if other processes took more than the suite allows of our CPUs (a burst usually passes;
+    a second reading inside one is flagged by finish_case)."""
     t = suite.timing
+    steps = [p.step for p in prepared] + ([monitor.step] if monitor else [])
 
     def attempt() -> list[Timing | Exception]:
         return time_interleaved(
-            [p.step for p in prepared],
+            steps,
             prepared[0].device,
             warmup_s=t.warmup_s,
             min_steps=t.min_steps,

@@ -109,8 +109,28 @@ class Interference:
         return min(1.0, max(0.0, others / (wall * len(self.cpus))))
 
 
+# NVML clock event reasons that slow the clocks below what was asked: software power cap,
+# hardware slowdown, software and hardware thermal slowdown, power brake
+_THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+def _clock_event_reasons(pynvml: object, handle: object) -> int | None:
+    for name in (
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetCurrentClocksThrottleReasons",
+    ):
+        query = getattr(pynvml, name, None)
+        if query is not None:
+            try:
+                return int(query(handle))
+            except Exception:
+                return None
+    return None
+
+
 def gpu_other_processes(device_index: int = 0) -> dict[str, object] | None:
-    """Other processes on the GPU right now (NVML): their count and the device's utilisation.
+    """Other processes on the GPU right now (NVML): their count, the device's utilisation, and
+    whether its clocks are held down (power or thermal: the row is flagged `throttled`).
 
     None where NVML is not there to ask (no pynvml, no driver): unknown, not "none".
     """
@@ -125,7 +145,12 @@ def gpu_other_processes(device_index: int = 0) -> dict[str, object] | None:
         procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
         others = [p for p in procs if p.pid != os.getpid()]
         util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-        return {"gpu_other_processes": len(others), "gpu_utilization": float(util)}
+        reasons = _clock_event_reasons(pynvml, handle)
+        return {
+            "gpu_other_processes": len(others),
+            "gpu_utilization": float(util),
+            "gpu_throttled": None if reasons is None else bool(reasons & _THROTTLE_MASK),
+        }
     except Exception:
         return None
     finally:

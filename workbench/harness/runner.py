@@ -1,6 +1,6 @@
 """Run a suite: every case becomes one row in the run store, measured or failed, never lost.
 
-Latency cases are measured by workbench.harness.latency (one path, for a case alone or an
+Latency cases are measured by workbench.harness.measure (one path, for a case alone or an
 interleaved group of them); sharded cases (``world_size`` > 1) by one process per rank
 (distributed_worker); convergence cases by workbench.harness.convergence. Before the first case,
 the process's conditions are set and recorded (conditions.control: allocator thresholds, threads,
@@ -27,7 +27,7 @@ from workbench.results.store import RunStore
 from . import bandwidth, conditions, quiet, stability
 from .cases import Case
 from .implementations import ImplementationError
-from .latency import CaseFailure, check_runnable, failed_outcome, measure_group
+from .measure import CaseFailure, check_runnable, failed_outcome, measure_group
 from .meters import Interference
 from .step_protocols import DENSE, class_minimal_bytes, protocol_for
 from .suite import Suite
@@ -58,9 +58,8 @@ def run_sharded_case(case: Case, suite: Suite) -> dict[str, Any]:
     """A case sharded over ``world_size`` ranks: one process per rank (distributed_worker), rank 0
     writes the row; a rank that fails or outlives ``[distributed] timeout_s`` ends the case."""
     import json
-    import tempfile
 
-    from .distributed import LaunchError, launch
+    from .distributed import LaunchError, launch, rank_temp_dir
     from .distributed_worker import spec_for
 
     check_runnable(case)
@@ -75,7 +74,7 @@ def run_sharded_case(case: Case, suite: Suite) -> dict[str, Any]:
     if not torch.distributed.is_available():
         raise CaseFailure("skipped", "this torch build has no torch.distributed")
     interference = Interference()
-    with tempfile.TemporaryDirectory(prefix="workbench-dist-") as tmp:
+    with rank_temp_dir() as tmp:
         out = Path(tmp) / "row.json"
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps(spec_for(case, suite, out)))
@@ -123,7 +122,7 @@ def run_cases(
     """Run the cases the store does not hold yet, appending one row per case as it finishes.
 
     The suite's kind says what a case measures: step latency (a group of cases measured together
-    by latency.measure_group: one case, or the interleaved implementations and backends of one
+    by measure.measure_group: one case, or the interleaved implementations and backends of one
     problem) or convergence on a test problem (run_convergence_case, whose reference runs are
     shared by the cases of one run).
     """
@@ -245,7 +244,7 @@ def flag_unrepeatable(store: RunStore) -> None:
             stability.finalize(r)
         changed = True
     if changed:
-        store._write_records()  # noqa: SLF001 - the rows changed in place
+        store.rewrite()
 
 
 _AXES = {

@@ -27,7 +27,8 @@ COLD = "cold"  # the second half of the samples is clearly faster than the first
 UNREPEATABLE = "unrepeatable"  # its repeats (separate processes) disagree beyond their own noise
 PROBE_DRIFT = "probe-drift"  # the bandwidth probe before and after its group disagree
 ABOVE_PROBE = "above-probe"  # faster than the streaming probe allows (> 1.1x): not the real step
-STABILITY_FLAGS = (NOISY, INTERFERENCE, COLD, UNREPEATABLE, PROBE_DRIFT, ABOVE_PROBE)
+THROTTLED = "throttled"  # the GPU's clocks were held down (power or thermal) when it was timed
+STABILITY_FLAGS = (NOISY, INTERFERENCE, COLD, UNREPEATABLE, PROBE_DRIFT, ABOVE_PROBE, THROTTLED)
 
 
 def median_ci(samples: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -73,7 +74,7 @@ ABOVE_PROBE_LIMIT = 1.1
 
 
 def timing_flags(timing: Any, settings: Any) -> list[str]:
-    """The flags a timing earns by itself: noisy, interference, cold.
+    """The flags a timing earns by itself: noisy, interference, cold, throttled.
 
     `timing` is a timing.Timing, `settings` the suite's TimingSettings (typed loosely: this module
     is imported by the timing code).
@@ -86,6 +87,8 @@ def timing_flags(timing: Any, settings: Any) -> list[str]:
         flags.append(INTERFERENCE)
     if warming_up(timing.samples_s, timing.noise):
         flags.append(COLD)
+    if others.get("gpu_throttled"):
+        flags.append(THROTTLED)
     return flags
 
 

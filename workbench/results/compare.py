@@ -2,15 +2,40 @@
 
 Cases are matched by their axes (optimizer, implementation, backend, size, dtype, device, problem,
 flag_*), never by case_id alone, and the repeats of a case are pooled: their raw samples are
-concatenated. A verdict needs two things at once:
+concatenated. A case is a regression (or, mirrored, an improvement) only when three things hold:
 
-- significance: the difference is unlikely under noise alone (p < alpha);
+- significance: the difference is unlikely under noise alone (Holm-corrected p < alpha);
 - size: the median moved by more than `threshold` (a ratio above 1 + threshold, or below
-  1 / (1 + threshold) for an improvement, so that a change and its undoing are symmetric).
+  1 / (1 + threshold) for an improvement, so that a change and its undoing are symmetric);
+- the noise floor: the change is larger than the noise the two runs measured in themselves, the
+  relative half-widths of the two medians' 95% confidence intervals added (a ratio above
+  1 + floor or below 1 / (1 + floor): to first order, the two intervals do not overlap).
 
 Significance alone is not enough: with hundreds of samples a 1% drift between two runs (another
 process, the clock of the day) is "significant". Size alone is not enough: with a handful of
-samples a 10% gap is often noise. The threshold guards against drift, alpha against small samples.
+samples a 10% gap is often noise. And a rank test on pooled samples treats every sample as
+independent, while samples of one process share its state (memory placement, clocks, the other
+processes of the moment): two back-to-back runs of one commit can differ far beyond what their
+pooled samples say. The noise floor asks for a change the runs' own intervals cannot explain.
+
+The noise of a side (`base_noise`, `new_noise`) is, where the rows record it, their `noise`
+column (workbench.harness.stability.relative_noise, measured per row; the largest over the
+case's repeats), else relative_noise of the pooled samples; with several repeats, at least half
+the relative spread of the repeats' medians (repeats that disagree are noise the run measured).
+A side with fewer than 2 samples has an unknown (infinite) noise.
+
+Verdicts of a case ok in both runs:
+
+- regression / improvement: all three of the above;
+- inconclusive: beyond the threshold but not significant or not beyond the noise floor; or the
+  noise floor exceeds the threshold (a threshold-sized change could not have been seen, whatever
+  the change); or beyond the threshold while a side's rows are marked unstable (`stable` False
+  or a flag such as interference: the number is not to be taken at face value). `note` says why;
+- same: within the threshold, with a noise floor below it.
+
+The default threshold is DEFAULT_THRESHOLD, 10%: back-to-back runs of the same commit on a 2-core
+VM drift by 5-7% on many cases, a drift between processes that no run sees in its own samples, so
+a 5% threshold fails identical code. Ask for less (--threshold) on a quiet, pinned machine.
 
 metric="time" compares absolute step times (same machine). The test is Mann-Whitney U on the raw
 samples, one-sided in each direction: a regression gate asks "is new slower?", not "is new
@@ -26,7 +51,10 @@ resampled, the medians and vs_torch_best recomputed, which gives the standard er
 log(vs_torch_best) in each run; z = log(change) / hypot(se_base, se_new) and a normal p. A normal
 p rather than a count of resamples beyond 1, because Holm's correction (below) needs p-values far
 smaller than 1 / resamples. Seeded: the same runs always get the same verdict. Too few samples
-make any bootstrap overconfident; below `MIN_BOOTSTRAP_SAMPLES` the case is not tested ("same").
+make any bootstrap overconfident; below `MIN_BOOTSTRAP_SAMPLES` the case is not tested (and so
+never a regression). A side's noise in ratio mode is that of its vs_torch_best: its case's noise
+and that of the torch reference (the fastest torch row of the problem) in quadrature, two
+independent medians; the reference's stability flags (prefixed "torch") count as the side's.
 Ratio mode has less power than time mode: it inherits the noise of torch's medians too (a torch
 reference with 16 samples and a heavy tail leaves a 1.5x loss at p ~ 0.02 before correction).
 
@@ -34,8 +62,13 @@ Many cases are judged at once, so p-values are Holm-corrected over the tested ca
 bounds the chance that noise flags any case of the run, not each case (at alpha per case, noise
 fails a 10-case run 7-10% of the time in simulation).
 
-Status: a case whose rows are not all ok is "failed" (ok in base and failed in new: "regression");
-"skipped" rows (a peer not installed, CUDA on a CPU box) are not failures.
+Status: a case whose rows are not all ok (error, timeout, no-op: a step that changed nothing) is
+failed: "new-failure" when it was ok in base, "failed" when it failed in both, "fixed" when it
+failed in base only. "missing": in base, absent from new (a case skipped in base and absent from
+new lost nothing: "skipped"); "added": only in new. "skipped" rows (a peer not installed, CUDA on
+a CPU box) are not failures. The gate (`workbench compare`'s exit 1) is any regression,
+new-failure or missing case (missing accepted with --allow-missing); inconclusive does not fail
+it, and is counted.
 """
 
 from __future__ import annotations
@@ -43,7 +76,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +85,8 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from workbench.harness.stability import relative_noise
 
 from .store import RunStoreError, load, load_manifest
 from .summary import problem_columns, with_ratios
@@ -62,11 +97,17 @@ Metric = Literal["time", "ratio"]
 CASE_AXES = (
     "optimizer", "implementation", "backend", "size", "dtype", "device", "world_size", "problem",
 )  # fmt: skip
-# Sort order of the report: what needs attention first.
-VERDICTS = ("regression", "failed", "improvement", "fixed", "added", "removed", "skipped")
-VERDICTS += ("same", "n/a")
+# Sort order of the report: what fails the gate first, then what needs a look, then the rest.
+VERDICTS = ("regression", "new-failure", "missing", "inconclusive", "failed", "improvement")
+VERDICTS += ("fixed", "added", "skipped", "same", "n/a")
+# The verdicts that make `workbench compare` exit 1 ("missing" unless --allow-missing).
+GATE_VERDICTS = ("regression", "new-failure", "missing")
+# Back-to-back runs of one commit on a 2-core VM drift 5-7% on many cases: see the docstring.
+DEFAULT_THRESHOLD = 0.10
 BOOTSTRAP_RESAMPLES = 1000
 MIN_BOOTSTRAP_SAMPLES = 8
+# What pool_cases adds to a case's axes.
+POOLED_FIELDS = ("status", "error", "samples", "noise", "flags", "unstable")
 
 
 def case_axes(*frames: pd.DataFrame) -> list[str]:
@@ -93,44 +134,97 @@ def _axis_value(row: dict[str, Any], axis: str) -> Any:
 
 
 def pool_cases(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """One row per case: its axes, its pooled ok samples, and one status for all its repeats."""
-    cases: dict[tuple, dict[str, Any]] = {}
+    """One row per case: its axes, pooled ok samples, one status for all its repeats, its noise
+    (see _side_noise), the union of its ok rows' flags and whether any ok row is unstable."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in df.to_dict("records"):
-        key = tuple(_axis_value(row, a) for a in axes)
-        case = cases.setdefault(key, {**dict(zip(axes, key)), "chunks": [], "bad": [], "ok": 0})
-        status = row.get("status", "ok")
-        if status == "ok":
-            case["ok"] += 1
-            samples = row.get("samples_s")
-            # a row without raw samples still has its median: a test on it has no power
-            chunk = samples if samples is not None else [row.get("median_s", math.nan)]
-            case["chunks"].append(np.asarray(chunk, dtype=float))
-        elif status != "skipped":
-            case["bad"].append(f"{status}: {row.get('error')}")
-    out = []
-    for case in cases.values():
-        chunks, bad, ok = case.pop("chunks"), case.pop("bad"), case.pop("ok")
-        samples = np.concatenate(chunks) if chunks else np.empty(0)
-        status = "failed" if bad else "ok" if ok else "skipped"
-        out.append({**case, "status": status, "error": bad[0] if bad else None, "samples": samples})
-    columns = [*axes, "status", "error", "samples"]
-    return pd.DataFrame(out, columns=columns)
+        groups.setdefault(tuple(_axis_value(row, a) for a in axes), []).append(row)
+    out = [{**dict(zip(axes, key)), **_pool(rows)} for key, rows in groups.items()]
+    return pd.DataFrame(out, columns=[*axes, *POOLED_FIELDS])
+
+
+def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    bad = [
+        f"{r['status']}: {r.get('error')}"
+        for r in rows
+        if r.get("status", "ok") not in ("ok", "skipped")
+    ]
+    chunks = [c for c in map(_row_samples, ok) if len(c)]
+    samples = np.concatenate(chunks) if chunks else np.empty(0)
+    flags = sorted({f for r in ok for f in _flag_list(r.get("flags"))})
+    return {
+        "status": "failed" if bad else "ok" if ok else "skipped",
+        "error": bad[0] if bad else None,
+        "samples": samples,
+        "noise": _side_noise(ok, chunks, samples),
+        "flags": flags,
+        "unstable": any(_row_unstable(r) for r in ok),
+    }
+
+
+def _row_samples(row: dict[str, Any]) -> np.ndarray:
+    # a row without raw samples still has its median: a test on it has no power
+    samples = row.get("samples_s")
+    chunk = np.asarray(samples if samples is not None else [row.get("median_s")], dtype=float)
+    return chunk[np.isfinite(chunk)]
+
+
+def _side_noise(ok: list[dict[str, Any]], chunks: list[np.ndarray], samples: np.ndarray) -> float:
+    """A case's relative noise in one run: what its rows measured, else what its samples say, and
+    at least what its repeats' disagreement says."""
+    recorded = [v for r in ok if (v := _finite(r.get("noise"))) is not None]
+    # the rows' own figure, from the samples each was timed with, is what the harness trusted;
+    # pooling repeats would shrink it as if they were independent, which they are not
+    noise = max(recorded) if recorded else _pooled_noise(samples)
+    if len(chunks) > 1:  # repeats are separate processes: their spread is noise between runs
+        medians = [float(np.median(c)) for c in chunks]
+        noise = max(noise, 0.5 * (max(medians) - min(medians)) / float(np.median(medians)))
+    return noise
+
+
+def _pooled_noise(samples: np.ndarray) -> float:
+    # one number says nothing about its own noise: unknown is infinite, never precise
+    return relative_noise(samples.tolist()) if len(samples) >= 2 else math.inf
+
+
+def _finite(value: Any) -> float | None:
+    value = _scalar(value)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _flag_list(value: Any) -> list[str]:
+    """A `flags` cell as names: parquet gives numpy arrays, old rows None or NaN."""
+    if isinstance(value, str):
+        return [f.strip() for f in value.split(",") if f.strip()]
+    if isinstance(value, Iterable):
+        return [str(f) for f in value if f is not None and str(f)]
+    return []
+
+
+def _row_unstable(row: dict[str, Any]) -> bool:
+    """An ok row marked not stable, or carrying a flag. Unknown (an old run) is stable."""
+    stable = row.get("stable")
+    return (isinstance(stable, (bool, np.bool_)) and not stable) or bool(
+        _flag_list(row.get("flags"))
+    )
 
 
 def compare_runs(
     base: pd.DataFrame,
     new: pd.DataFrame,
     *,
-    threshold: float = 0.05,
+    threshold: float = DEFAULT_THRESHOLD,
     alpha: float = 0.01,
     metric: Metric = "time",
 ) -> pd.DataFrame:
-    """One row per case of either run: the axes, base/new medians, change, p_value and verdict.
+    """One row per case of either run: the axes, verdict, base/new medians, change, noise, p-value.
 
     `change` is the quantity the verdict judges, above 1 meaning slower: new/base median time
-    (metric="time") or base/new vs_torch_best (metric="ratio"). `p_raw` is the one-sided p-value
-    in the direction of the change, `p_value` the same after Holm's correction over the cases
-    compared. Sorted: regressions first.
+    (metric="time") or base/new vs_torch_best (metric="ratio"). `base_noise` and `new_noise` are
+    each side's relative noise, `noise_floor` their sum. `p_raw` is the one-sided p-value in the
+    direction of the change, `p_value` the same after Holm's correction over the cases compared.
+    `note` says why a verdict is what it is. Sorted: what fails the gate first.
     """
     if metric not in ("time", "ratio"):
         raise ValueError(f"metric must be 'time' or 'ratio', not {metric!r}")
@@ -148,28 +242,54 @@ def compare_runs(
     rows = []
     for key in {**by_key["base"], **by_key["new"]}:  # base order first, then new's additions
         b, n = by_key["base"].get(key), by_key["new"].get(key)
-        row: dict[str, Any] = dict(zip(axes, key))
-        row.update(base_median_s=_median(b), new_median_s=_median(n), n_base=_count(b))
-        row.update(n_new=_count(n), change=math.nan, p_slower=math.nan, p_faster=math.nan)
-        row.update(verdict=None, note="")
+        row: dict[str, Any] = {**dict(zip(axes, key)), **_blank(b, n)}
         row.update(_judge_status(b, n) or test(b, n))
         if metric == "time" and row["verdict"] is None:
             row["note"] = _power_note(row, alpha)
         rows.append(row)
     out = pd.DataFrame(rows)
     _decide(out, threshold, alpha)
-    columns = [*axes, "verdict", "base_median_s", "new_median_s", "change", "p_value", "p_raw"]
-    columns += ["n_base", "n_new", "note"]
+    columns = [*axes, "verdict", "base_median_s", "new_median_s", "change", "noise_floor"]
+    columns += ["p_value", "p_raw", "base_noise", "new_noise"]
     if metric == "ratio":
-        columns[-3:-3] = ["base_vs_torch", "new_vs_torch"]
-    out = out.reindex(columns=columns)
+        columns += ["base_vs_torch", "new_vs_torch"]
+    out = out.reindex(columns=[*columns, "n_base", "n_new", "note"])
     rank = out["verdict"].map({v: i for i, v in enumerate(VERDICTS)})
     order = np.lexsort((-out["change"].fillna(-math.inf).to_numpy(), rank.to_numpy()))
     return out.iloc[order].reset_index(drop=True)
 
 
+def _blank(b: dict | None, n: dict | None) -> dict[str, Any]:
+    """A row's figures before any test: what every row has, tested or not."""
+    nan = math.nan
+    return {
+        "base_median_s": _median(b), "new_median_s": _median(n), "n_base": _count(b),
+        "n_new": _count(n), "change": nan, "p_slower": nan, "p_faster": nan, "verdict": None,
+        "note": "", "base_noise": nan, "new_noise": nan, "noise_floor": nan,
+        "_base_flags": [], "_new_flags": [], "_base_unstable": False, "_new_unstable": False,
+    }  # fmt: skip
+
+
+def _noise_fields(
+    b: dict, n: dict, refs: tuple[dict | None, dict | None] = (None, None)
+) -> dict[str, Any]:
+    """Each side's noise and stability marks, and the noise floor. `refs`: ratio mode's torch
+    references, whose noise and marks the side's ratio carries too."""
+    out: dict[str, Any] = {}
+    for side, case, ref in (("base", b, refs[0]), ("new", n, refs[1])):
+        noise, flags, unstable = case["noise"], list(case["flags"]), bool(case["unstable"])
+        if ref is not None:
+            # the ratio's interval from two independent medians: their half-widths in quadrature
+            noise = math.hypot(noise, ref["noise"])
+            flags += [f"torch {f}" for f in ref["flags"]]
+            unstable = unstable or bool(ref["unstable"])
+        out.update({f"{side}_noise": noise, f"_{side}_flags": flags, f"_{side}_unstable": unstable})
+    out["noise_floor"] = out["base_noise"] + out["new_noise"]
+    return out
+
+
 def _decide(out: pd.DataFrame, threshold: float, alpha: float) -> None:
-    """Verdicts of the tested cases, in place, with Holm's correction over them.
+    """Verdicts and notes of the tested cases, in place, with Holm's correction over them.
 
     Each case tested at alpha would let noise fail a 10-case run 7-10% of the time (simulated:
     lognormal samples, sigma 0.05-0.2, 10-40 samples); Holm bounds the chance that noise flags
@@ -186,11 +306,46 @@ def _decide(out: pd.DataFrame, threshold: float, alpha: float) -> None:
     for direction in ("p_slower", "p_faster"):
         out.loc[tested, direction] = _holm(out.loc[tested, direction].to_numpy(dtype=float))
     out["p_value"] = out["p_slower"].where(slower, out["p_faster"])
-    regression = tested & (out["change"] > 1 + threshold) & (out["p_slower"] < alpha)
-    improvement = tested & (out["change"] < 1 / (1 + threshold)) & (out["p_faster"] < alpha)
-    out.loc[tested, "verdict"] = "same"
-    out.loc[regression, "verdict"] = "regression"
-    out.loc[improvement, "verdict"] = "improvement"
+    for i in out.index[tested]:
+        out.loc[i, ["verdict", "note"]] = _verdict(out.loc[i].to_dict(), threshold, alpha)
+
+
+def _verdict(row: dict[str, Any], threshold: float, alpha: float) -> tuple[str, str]:
+    """A tested case's verdict and the reason for it (see the module docstring)."""
+    change, floor, p = row["change"], row["noise_floor"], row["p_value"]
+    if not (change > 0 and math.isfinite(change)):
+        return "inconclusive", row["note"] or "no median to compare"
+    size = abs(math.log(change))
+    beyond_threshold = size > math.log1p(threshold)
+    marks = _unstable_note(row)
+    if beyond_threshold and marks:
+        return "inconclusive", marks
+    # floor <= threshold makes a change beyond the threshold beyond the floor too: the floor
+    # only has a say when it exceeds the threshold, and then it hides threshold-sized changes
+    if floor > threshold and not size > math.log1p(floor):
+        return "inconclusive", f"noise floor {_pct(floor)} > threshold {_pct(threshold)}"
+    if not beyond_threshold:
+        return "same", marks
+    if not p < alpha:  # NaN (not tested) is not significant either
+        shown = "not tested" if math.isnan(p) else f"not significant (p {p:.2g} >= {alpha:g})"
+        return "inconclusive", row["note"] or shown
+    return ("regression" if change > 1 else "improvement"), row["note"]
+
+
+def _unstable_note(row: dict[str, Any]) -> str:
+    """ "base run: noisy; new run: interference" for the sides whose rows are marked unstable."""
+    parts = []
+    for side in ("base", "new"):
+        if row[f"_{side}_unstable"]:
+            flags = ", ".join(row[f"_{side}_flags"]) or "not stable"
+            parts.append(f"{side} run: {flags}")
+    return "; ".join(parts)
+
+
+def _pct(x: float) -> str:
+    if not math.isfinite(x):
+        return "inf"
+    return f"{x * 100:.0f}%" if x >= 0.1 else f"{x * 100:.1f}%"
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
@@ -217,16 +372,20 @@ def _count(case: dict | None) -> int:
 def _judge_status(b: dict | None, n: dict | None) -> dict[str, Any] | None:
     """The verdicts that need no statistics; None when both sides hold ok samples."""
     if b is None:
-        return {"verdict": "added"}
+        return {"verdict": "added", "note": _text(n["error"])}
     if n is None:
-        return {"verdict": "removed"}
+        if b["status"] == "skipped":  # never measured in base: its absence loses nothing
+            return {"verdict": "skipped", "note": "skipped in base, absent from new"}
+        return {"verdict": "missing", "note": "absent from the new run"}
     if n["status"] == "failed":
         was_ok = b["status"] == "ok"
-        return {"verdict": "regression" if was_ok else "failed", "note": n["error"]}
+        return {"verdict": "new-failure" if was_ok else "failed", "note": _text(n["error"])}
     if b["status"] == "failed":
         return {"verdict": "fixed", "note": f"base {b['error']}"}
     if "skipped" in (b["status"], n["status"]):
         return {"verdict": "skipped"}
+    if not (len(b["samples"]) and len(n["samples"])):
+        return {"verdict": "inconclusive", "note": "ok rows without samples or median"}
     return None
 
 
@@ -249,14 +408,15 @@ def _test_time(b: dict, n: dict) -> dict[str, Any]:
     # it cannot make a verdict, and Holm's adjustment of a small p depends only on smaller ones.
     slower = change >= 1
     p = float(mannwhitneyu(x, y, alternative="greater" if slower else "less").pvalue)
-    return {"change": change, "p_slower": p if slower else 1.0, "p_faster": 1.0 if slower else p}
+    out = {"change": change, "p_slower": p if slower else 1.0, "p_faster": 1.0 if slower else p}
+    return {**out, **_noise_fields(b, n)}
 
 
 class _RatioSide:
     """One run in ratio mode: vs_torch_best per case, and bootstrap medians of its rows."""
 
     def __init__(self, pooled: pd.DataFrame):
-        self.axes = [c for c in pooled.columns if c not in ("status", "error", "samples")]
+        self.axes = [c for c in pooled.columns if c not in POOLED_FIELDS]
         frame = pooled.assign(
             median_s=[float(np.median(s)) if len(s) else math.nan for s in pooled["samples"]],
             status=pooled["status"].where(pooled["status"] != "failed", "error"),
@@ -267,11 +427,16 @@ class _RatioSide:
         self.ratios = {self.case_key(r): r["vs_torch_best"] for r in rated}
         self.problem = problem_columns(frame)
         self.torch: dict[tuple, list[np.ndarray]] = {}
+        self._reference: dict[tuple, dict] = {}  # the fastest torch case: vs_torch_best's numerator
         self._torch_boot: dict[tuple, np.ndarray] = {}  # shared by every case of a problem
         self._rng = np.random.default_rng(0)  # seeded: the same runs always get the same verdict
         torch_ok = frame[(frame["implementation"] == "torch") & (frame["status"] == "ok")]
         for row in torch_ok.to_dict("records"):
-            self.torch.setdefault(self.problem_key(row), []).append(row["samples"])
+            key = self.problem_key(row)
+            self.torch.setdefault(key, []).append(row["samples"])
+            best = self._reference.get(key)
+            if best is None or row["median_s"] < best["median_s"]:
+                self._reference[key] = row
 
     def case_key(self, row: dict) -> tuple:
         return tuple(_scalar(row.get(c)) for c in self.axes)
@@ -282,6 +447,10 @@ class _RatioSide:
     def vs_torch(self, row: dict) -> float:
         ratio = _scalar(self.ratios.get(self.case_key(row)))
         return math.nan if ratio is None else float(ratio)
+
+    def reference(self, row: dict) -> dict | None:
+        """The pooled torch case whose median is the reference of this row's vs_torch_best."""
+        return self._reference.get(self.problem_key(row))
 
     def boot_log_ratios(self, row: dict) -> np.ndarray:
         """Resampled log vs_torch_best: min over torch backends of resampled medians / ours."""
@@ -311,10 +480,11 @@ def _test_ratio(b: dict, n: dict, *, sides: tuple[_RatioSide, _RatioSide]) -> di
     if math.isnan(base_vs) or math.isnan(new_vs):
         return {**out, "verdict": "n/a", "note": "no ok torch.optim row for this problem"}
     out["change"] = change = base_vs / new_vs
+    out.update(_noise_fields(b, n, (base.reference(b), new.reference(n))))
     smallest = min(base.smallest_sample(b), new.smallest_sample(n))
     if smallest < MIN_BOOTSTRAP_SAMPLES:
         note = f"too few samples ({smallest} < {MIN_BOOTSTRAP_SAMPLES}) for the bootstrap"
-        return {**out, "note": note}  # p stays NaN: "same", and outside Holm's family
+        return {**out, "note": note}  # p stays NaN: never significant, outside Holm's family
     # the two runs are independent: the log change's variance is the sum of theirs
     se = math.hypot(base.boot_log_ratios(b).std(), new.boot_log_ratios(n).std())
     z = math.log(change) / se if se > 0 else math.copysign(math.inf, math.log(change))
@@ -325,7 +495,8 @@ def _test_ratio(b: dict, n: dict, *, sides: tuple[_RatioSide, _RatioSide]) -> di
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Print the comparison; exit 1 on at least one regression, else 0 (2 is main's: bad input)."""
+    """Print the comparison; exit 1 when a case is a regression, a new failure or missing (unless
+    args.allow_missing), else 0 (2 is main's: bad input). Inconclusive cases are counted only."""
     console = Console(width=None if sys.stdout.isatty() else 200)
     if args.threshold < 0 or not 0 < args.alpha < 1:
         console.print("[red]error:[/red] --threshold must be >= 0 and --alpha in (0, 1)")
@@ -342,7 +513,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(render_table(result, args.metric))
     counts = result["verdict"].value_counts()
     console.print(", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts), highlight=False)
-    return 1 if (result["verdict"] == "regression").any() else 0
+    gate = [v for v in GATE_VERDICTS if v != "missing" or not args.allow_missing]
+    failing = [f"{counts[v]} {v}" for v in gate if v in counts]
+    if failing:
+        hint = (
+            " (--allow-missing accepts missing cases)"
+            if "missing" in gate and "missing" in counts
+            else ""
+        )
+        console.print(f"[red]fails the gate:[/red] {', '.join(failing)}{hint}", highlight=False)
+    return 1 if failing else 0
 
 
 def _machine_hint(base: Path, new: Path) -> str | None:
@@ -358,18 +538,21 @@ def _machine_hint(base: Path, new: Path) -> str | None:
     return f"the runs differ in {', '.join(differ)}: consider --metric ratio"
 
 
-_STYLE = {"regression": "bold red", "failed": "red", "improvement": "green", "fixed": "green"}
+_STYLE = {
+    "regression": "bold red", "new-failure": "bold red", "missing": "bold red",
+    "inconclusive": "yellow", "failed": "red", "improvement": "green", "fixed": "green",
+}  # fmt: skip
 
 
 def render_table(result: pd.DataFrame, metric: Metric) -> Table:
-    """A rich Table of the comparison, one line per case."""
+    """A rich Table of the comparison, one line per case; `noise` is the noise floor, +-%."""
     flags = [c for c in result.columns if c.startswith("flag_")]
     axes = [c for c in (*CASE_AXES, *flags) if c in result and result[c].notna().any()]
     table = Table()
     for c in axes:
         table.add_column({"implementation": "impl"}.get(c, c.removeprefix("flag_")))
     quantity = ("base ms", "new ms") if metric == "time" else ("base vs torch", "new vs torch")
-    for c in (*quantity, "change", "p (Holm)", "n", "verdict", "note"):
+    for c in (*quantity, "change", "noise", "p (Holm)", "n", "verdict", "note"):
         table.add_column(c, justify="left" if c in ("verdict", "note") else "right")
     for row in result.to_dict("records"):
         if metric == "time":
@@ -382,12 +565,19 @@ def render_table(result: pd.DataFrame, metric: Metric) -> Table:
             *("-" if _scalar(row[c]) is None else str(row[c]) for c in axes),
             *figures,
             "-" if pd.isna(row["change"]) else f"{row['change']:.3f}x",
+            "-" if pd.isna(row["noise_floor"]) else f"±{_pct(row['noise_floor'])}",
             "-" if pd.isna(row["p_value"]) else f"{row['p_value']:.2g}",
             f"{row['n_base']}/{row['n_new']}",
             f"[{style}]{verdict}[/]" if style else verdict,
-            row["note"] or "",
+            _text(row["note"]),
         )
     return table
+
+
+def _text(value: Any) -> str:
+    # a cell that went through pandas: None and NaN alike are no text
+    value = _scalar(value)
+    return "" if value is None else str(value)
 
 
 def _num(value: Any) -> str:

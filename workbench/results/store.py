@@ -132,6 +132,10 @@ class RunStore:
         self.rows.append(row)
         self._write_records()
 
+    def rewrite(self) -> None:
+        """Write the rows again after they were changed in place (a flag added after the fact)."""
+        self._write_records()
+
     def set_status(self, status: str, **extra: Any) -> None:
         self.manifest.update(status=status, **extra)
         if status != "running":
