@@ -187,6 +187,34 @@ def test_faster_than_the_probe_is_flagged_and_probe_drift_too() -> None:
     assert row["stable"] is False
 
 
+def test_the_bandwidth_read_inside_the_group_judges_drift() -> None:
+    # steady passes inside the rounds: probes around the group that differ do not flag it
+    row = {"status": "ok", "flags": [], "probe_window_bw": 90.0, "probe_window_spread": 0.05}
+    stability.probe_checks(row, 100.0, 60.0)
+    assert row["flags"] == []
+    # passes that moved inside the rounds do, whatever the probes around them said
+    row = {"status": "ok", "flags": [], "probe_window_bw": 90.0, "probe_window_spread": 0.4}
+    stability.probe_checks(row, 100.0, 100.0)
+    assert row["flags"] == [stability.PROBE_DRIFT]
+    # the ceiling is the fastest reading, the window's included
+    row = {"status": "ok", "flags": [], "achieved_bw": 100.0, "probe_window_bw": 95.0}
+    stability.probe_checks(row, 50.0, 50.0)
+    assert row["bw_fraction"] == pytest.approx(100 / 95) and row["flags"] == []
+
+
+def test_a_group_timed_off_the_runs_usual_bandwidth_is_flagged() -> None:
+    def row(window: float, device: str = "cpu") -> dict:
+        return {"status": "ok", "device": device, "flags": [], "probe_window_bw": window}
+
+    rows = [row(45.0), row(45.0), row(48.0), row(50.0), row(90.0), row(90.0, "cuda")]
+    for r in rows:
+        stability.finalize(r)
+    assert stability.flag_unusual_bandwidth(rows)
+    assert [r["stable"] for r in rows] == [True, True, True, True, False, True]
+    assert rows[4]["flags"] == [stability.PROBE_DRIFT]
+    assert not stability.flag_unusual_bandwidth(rows)  # already flagged: nothing changes
+
+
 def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

@@ -170,6 +170,8 @@ def run_cases(
             on_case_done(case, row)
     if in_workers:
         flag_unrepeatable(store)
+    if latency and stability.flag_unusual_bandwidth(store.rows):
+        store.rewrite()
 
 
 def _value(probe: float | Exception | None) -> float | None:

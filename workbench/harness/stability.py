@@ -25,7 +25,8 @@ NOISY = "noisy"  # the median's CI is wider than the target even after re-measur
 INTERFERENCE = "interference"  # other processes took CPU (or GPU) time while the row was timed
 COLD = "cold"  # the second half of the samples is clearly faster than the first: still warming up
 UNREPEATABLE = "unrepeatable"  # its repeats (separate processes) disagree beyond their own noise
-PROBE_DRIFT = "probe-drift"  # the bandwidth probe before and after its group disagree
+# the machine's memory bandwidth moved while its group was timed, or was off the run's usual
+PROBE_DRIFT = "probe-drift"
 ABOVE_PROBE = "above-probe"  # faster than the streaming probe allows (> 1.1x): not the real step
 THROTTLED = "throttled"  # the GPU's clocks were held down (power or thermal) when it was timed
 STABILITY_FLAGS = (NOISY, INTERFERENCE, COLD, UNREPEATABLE, PROBE_DRIFT, ABOVE_PROBE, THROTTLED)
@@ -67,7 +68,8 @@ DEFAULT_NOISY = 0.05
 # the first half of the samples this much slower than the second (at least) reads as warming up
 COLD_MARGIN = 0.10
 MIN_SAMPLES_FOR_TREND = 10
-# the probe after a group this far from the one before it: the machine changed in between
+# the machine's bandwidth this far off (relative): the passes inside one group (their IQR over
+# their median), the group's against the run's usual, or (no window) the probes before and after
 PROBE_DRIFT_LIMIT = 0.20
 # an ok row above this fraction of the streaming probe is faster than its bytes allow
 ABOVE_PROBE_LIMIT = 1.1
@@ -104,10 +106,18 @@ def warming_up(samples: Sequence[float], noise: float) -> bool:
 
 
 def probe_checks(row: dict[str, Any], before: float | None, after: float | None) -> None:
-    """Put the group's probes in an ok row: its fraction of the faster probe, and the flags
-    `above-probe` (faster than streaming allows) and `probe-drift` (the probes disagree)."""
+    """Put the group's probes in an ok row: its fraction of the fastest probe, and the flags
+    `above-probe` (faster than streaming allows) and `probe-drift` (the machine's bandwidth moved
+    while the group was timed).
+
+    Where the row has the in-window reading (bandwidth.StreamMonitor: `probe_window_bw` and
+    `probe_window_spread`), that judges drift: the passes were taken in the group's own rounds,
+    while a probe before and after can both miss a burst inside it, or differ while the rounds
+    themselves were steady. Without it (a sharded case), the probes before and after judge.
+    """
     row["probe_bw_before"], row["probe_bw_after"] = before, after
-    probes = [p for p in (before, after) if p]
+    window = row.get("probe_window_bw")
+    probes = [p for p in (before, after, window) if p]
     if not probes:
         return
     ceiling = max(probes)
@@ -115,8 +125,38 @@ def probe_checks(row: dict[str, Any], before: float | None, after: float | None)
         row["bw_fraction"] = row["achieved_bw"] / ceiling
         if row["bw_fraction"] > ABOVE_PROBE_LIMIT:
             _flag(row, ABOVE_PROBE)
-    if len(probes) == 2 and min(probes) < (1 - PROBE_DRIFT_LIMIT) * ceiling:
+    if window:
+        if row.get("probe_window_spread", 0.0) > PROBE_DRIFT_LIMIT:
+            _flag(row, PROBE_DRIFT)
+    elif before and after and min(before, after) < (1 - PROBE_DRIFT_LIMIT) * max(before, after):
         _flag(row, PROBE_DRIFT)
+
+
+def flag_unusual_bandwidth(rows: list[dict[str, Any]]) -> bool:
+    """Flag `probe-drift` on the ok rows whose group read a bandwidth more than PROBE_DRIFT_LIMIT
+    off the run's usual (the median of its groups' readings, per device); True if any changed.
+
+    A machine whose bandwidth comes and goes in bursts (other tenants of a host) gives steady
+    groups at two levels, and a memory-bound row timed in a burst would read, steady and precise,
+    far from the same row of the next run. The run's usual level is what most of its rows saw.
+    """
+    readings: dict[str, dict[float, None]] = {}  # per device, one reading per group (ordered)
+    for row in rows:
+        if row.get("status") == "ok" and row.get("probe_window_bw"):
+            readings.setdefault(str(row.get("device")), {})[row["probe_window_bw"]] = None
+    changed = False
+    for row in rows:
+        values = sorted(readings.get(str(row.get("device")), {}))
+        window = row.get("probe_window_bw")
+        if row.get("status") != "ok" or not window or len(values) < 3:
+            continue
+        usual = values[len(values) // 2]
+        flags = list(row.get("flags") or [])
+        if abs(window / usual - 1) > PROBE_DRIFT_LIMIT and PROBE_DRIFT not in flags:
+            row["flags"] = [*flags, PROBE_DRIFT]
+            finalize(row)
+            changed = True
+    return changed
 
 
 def finalize(row: dict[str, Any]) -> None:
