@@ -56,13 +56,8 @@ def stream_bandwidth(
     run would inherit it.
     """
     device = torch.device(device)
-    if nbytes is None:
-        nbytes = _CUDA_BYTES if device.type == "cuda" else _cpu_default_bytes()
-    numel = max(1, nbytes // 4)
-    # Filled, not zeros: untouched or zeroed pages can be backed by one shared zero page, which
-    # reads from cache. Filling also takes the page faults outside the timed passes.
-    src = torch.full((numel,), 1.5, dtype=torch.float32, device=device)
-    dst = torch.full((numel,), -1.0, dtype=torch.float32, device=device)
+    src, dst = _stream_buffers(device, nbytes)
+    numel = src.numel()
     passes = (
         (2 * numel * 4, lambda: dst.copy_(src)),
         (3 * numel * 4, lambda: dst.add_(src)),  # (dst grows by 1.5 a pass: no inf, no denormal)
@@ -162,12 +157,7 @@ class StreamMonitor:
     def __init__(self, device: torch.device) -> None:
         key = str(device)
         if key not in self._buffers:
-            nbytes = _CUDA_BYTES if device.type == "cuda" else _cpu_default_bytes()
-            numel = max(1, nbytes // 4)
-            self._buffers[key] = (
-                torch.full((numel,), 1.5, dtype=torch.float32, device=device),
-                torch.full((numel,), -1.0, dtype=torch.float32, device=device),
-            )
+            self._buffers[key] = _stream_buffers(device)
         self.src, self.dst = self._buffers[key]
         self.bytes_per_pass = 3 * self.src.numel() * 4
         self._passes = 0
@@ -180,3 +170,17 @@ class StreamMonitor:
             self.dst.add_(self.src)
         else:
             self.dst.sub_(self.src)
+
+
+def _stream_buffers(
+    device: torch.device, nbytes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's source and destination, `nbytes` each (default: four caches between them)."""
+    if nbytes is None:
+        nbytes = _CUDA_BYTES if device.type == "cuda" else _cpu_default_bytes()
+    numel = max(1, nbytes // 4)
+    # Filled, not zeros: untouched or zeroed pages can be backed by one shared zero page, which
+    # reads from cache. Filling also takes the page faults outside the timed passes.
+    src = torch.full((numel,), 1.5, dtype=torch.float32, device=device)
+    dst = torch.full((numel,), -1.0, dtype=torch.float32, device=device)
+    return src, dst
