@@ -172,8 +172,11 @@ def test_timing_goes_on_until_the_median_is_precise_or_the_cap() -> None:
 
 
 def test_a_warming_up_case_is_cold() -> None:
-    assert stability.warming_up([2.0] * 10 + [1.0] * 10, noise=0.01)
-    assert not stability.warming_up([1.0, 1.01] * 10, noise=0.01)
+    assert stability.warming_up([[2.0] * 10 + [1.0] * 10], noise=0.01)
+    assert not stability.warming_up([[1.0, 1.01] * 10], noise=0.01)
+    # visits: each warming up is cold; a machine that got faster between visits is not
+    assert stability.warming_up([[2.0] * 5 + [1.0] * 5, [2.0] * 5 + [1.0] * 5], noise=0.01)
+    assert not stability.warming_up([[2.0, 2.01] * 5, [1.0, 1.01] * 5], noise=0.01)
 
 
 def test_faster_than_the_probe_is_flagged_and_probe_drift_too() -> None:

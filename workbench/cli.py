@@ -78,14 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _measure(args: argparse.Namespace, suite: Any, store: RunStore, cases: list[Any]) -> int:
     """Run the cases the store lacks, then the summary; the exit code of `run`."""
-    from workbench.harness.runner import run_cases
+    from workbench.harness.runner import run_cases, visits_of
 
     done = store.done_case_ids()
     pending = [c for c in cases if c.case_id not in done]
-    console.print(f"run {store.run_dir}: {len(cases)} cases, {len(pending)} to run")
+    visits = visits_of(suite, cases)
+    each = f", each group timed in {visits} visits (one per pass)" if visits > 1 else ""
+    console.print(f"run {store.run_dir}: {len(cases)} cases, {len(pending)} to run{each}")
     try:
-        with _progress(pending) as on_case_done:
-            run_cases(suite, store, cases, on_case_done)
+        with _progress(pending, visits) as (on_case_done, on_visit_done):
+            run_cases(suite, store, cases, on_case_done, on_visit_done)
     except KeyboardInterrupt:
         store.set_status("interrupted")
         console.print(
@@ -110,15 +112,23 @@ def _measure(args: argparse.Namespace, suite: Any, store: RunStore, cases: list[
 
 
 OnCaseDone = Callable[[Any, dict[str, Any]], None]
+OnVisitDone = Callable[[list[Any], int, int], None]
 
 
 @contextlib.contextmanager
-def _progress(pending: list[Any]) -> Iterator[OnCaseDone]:
+def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone, OnVisitDone]]:
     """What `run` shows while it measures: a live bar on a terminal; elsewhere (a log, CI), where
-    a live bar would print nothing until the end, one plain line per finished case."""
+    a live bar would print nothing until the end, one plain line per finished case, and one per
+    group visited in the passes before the last (each case visited counts one unit of work)."""
     total = len(pending)
+    work = total * visits
     finished: set[str] = set()
+    visited = 0
     began = time.monotonic()
+
+    def eta() -> str:
+        done = visited + len(finished)
+        return _clock((time.monotonic() - began) / max(1, done) * (work - done))
 
     def upcoming() -> str:
         # the runner takes the pending cases in order (interleaved groups in the order of their
@@ -130,11 +140,14 @@ def _progress(pending: list[Any]) -> Iterator[OnCaseDone]:
 
         def plain(case: Any, row: dict[str, Any]) -> None:
             finished.add(case.case_id)
-            i = len(finished)
-            eta = (time.monotonic() - began) / i * (total - i)
-            print(f"[{i}/{total}] {progress_line(case, row)}  ETA {_clock(eta)}", flush=True)
+            print(f"[{len(finished)}/{total}] {progress_line(case, row)}  ETA {eta()}", flush=True)
 
-        yield plain
+        def plain_visit(unit: list[Any], index: int, of: int) -> None:
+            nonlocal visited
+            visited += len(unit)
+            print(f"[visit {index + 1}/{of}] {_group_label(unit)}  ETA {eta()}", flush=True)
+
+        yield plain, plain_visit
         return
     columns = (
         TextColumn("{task.description}"),
@@ -144,18 +157,34 @@ def _progress(pending: list[Any]) -> Iterator[OnCaseDone]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(upcoming(), total=total)
+        first = f"visit 1/{visits}: {_case_label(pending[0])}" if visits > 1 and pending else None
+        task = progress.add_task(first or upcoming(), total=work)
 
         def live(case: Any, row: dict[str, Any]) -> None:
             finished.add(case.case_id)
             progress.update(task, advance=1, description=upcoming())
 
-        yield live
+        def live_visit(unit: list[Any], index: int, of: int) -> None:
+            progress.update(
+                task,
+                advance=len(unit),
+                description=f"visit {index + 1}/{of} done: {_group_label(unit)}",
+            )
+
+        yield live, live_visit
 
 
 def _case_label(case: Any) -> str:
     ranks = f" ranks={case.world_size}" if case.world_size != 1 else ""
     return f"{case.optimizer} {case.implementation}/{case.backend} {case.size} {case.dtype}{ranks}"
+
+
+def _group_label(unit: list[Any]) -> str:
+    """`<optimizer> <size> <dtype>: N cases` (one case: its own label)."""
+    if len(unit) == 1:
+        return _case_label(unit[0])
+    case = unit[0]
+    return f"{case.optimizer} {case.size} {case.dtype}: {len(unit)} cases"
 
 
 def progress_line(case: Any, row: dict[str, Any]) -> str:

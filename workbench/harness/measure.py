@@ -13,12 +13,19 @@ took our CPUs meanwhile, then per case check what was timed and take the untimed
   work; the row says so (``grads_restored``);
 - the median's precision (stability.relative_noise), warm-up trend and interference become flags;
 - exact state bytes, the step's peak memory and launches, as the suite asks.
+
+A group timed in visits (``[timing] visits`` > 1; the runner makes one pass over the suite per
+visit): ``visit_group`` times each earlier visit and keeps only its samples (the workloads are
+built afresh each time and freed after); ``measure_group``, given them, times the last visit and
+makes the rows from every visit's samples pooled (timing.pooled), with each visit's median
+(``visit_medians_s``) and their range over the pooled median (``visit_spread``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +36,7 @@ from . import bandwidth, launches, memory, stability
 from .cases import Case
 from .step_protocols import DENSE, Workload, build_workload, timed_row_fields
 from .suite import Suite
-from .timing import Timing, time_interleaved
+from .timing import Timing, pooled, time_interleaved
 
 # A working set smaller than this many times the last-level cache is replicated and the copies
 # stepped in turn, so each timed step streams from memory as a real model's step would.
@@ -136,23 +143,45 @@ def prepare_case(case: Case, suite: Suite) -> PreparedCase:
     return PreparedCase(case, device, workload, copies)
 
 
-def measure_group(cases: list[Case], suite: Suite) -> list[tuple[Case, Outcome]]:
+@dataclass
+class Visit:
+    """What one earlier visit of a group timed: per case id its Timing, or what it raised, and
+    the bandwidth monitor's."""
+
+    timings: dict[str, Timing | Exception]
+    monitor: Timing | Exception | None = None
+
+
+def visit_group(cases: list[Case], suite: Suite, index: int, of: int) -> Visit:
+    """Visit `index` (of `of`, not the last) of a group: build its workloads, time them with
+    this visit's share of the budget, keep the timings and free the rest."""
+    prepared, failed = _prepare_all(cases, suite, [])
+    visit = Visit(timings=dict(failed))
+    if prepared:
+        monitor = _monitor(prepared, suite)
+        timings = _time_group(prepared, suite, monitor, index, of)
+        visit.monitor = timings.pop() if monitor else None
+        visit.timings.update((p.case.case_id, t) for p, t in zip(prepared, timings))
+    return visit
+
+
+def measure_group(
+    cases: list[Case], suite: Suite, earlier: list[Visit] | None = None
+) -> list[tuple[Case, Outcome]]:
     """Build every case of a group, time their steps together, then check and probe each one.
     Returns per case a callable giving its row or raising what went wrong with it (a failing case
-    does not stop the others)."""
-    outcomes: dict[str, Outcome] = {}
-    prepared: list[PreparedCase] = []
-    for case in cases:
-        try:
-            check_runnable(case)
-            prepared.append(prepare_case(case, suite))
-        except Exception as e:
-            outcomes[case.case_id] = failed_outcome(e)
+    does not stop the others). `earlier`: the group's earlier visits (visit_group), whose samples
+    are pooled with this last visit's."""
+    earlier = earlier or []
+    prepared, failed = _prepare_all(cases, suite, earlier)
+    outcomes: dict[str, Outcome] = {case_id: failed_outcome(e) for case_id, e in failed}
     if prepared:
-        monitor = (
-            bandwidth.StreamMonitor(prepared[0].device) if suite.measure.bandwidth_probe else None
-        )
-        timings = _time_group(prepared, suite, monitor)
+        monitor = _monitor(prepared, suite)
+        timings = _time_group(prepared, suite, monitor, len(earlier), len(earlier) + 1)
+        if earlier:
+            timings = [_pool(earlier, p.case.case_id, t) for p, t in zip(prepared, timings)] + (
+                [_pool(earlier, None, timings[-1])] if monitor else []
+            )
         window = _window_probe(timings.pop(), monitor) if monitor else {}
         for p, timing in zip(prepared, timings):
             if isinstance(timing, Exception):
@@ -169,6 +198,46 @@ def measure_group(cases: list[Case], suite: Suite) -> list[tuple[Case, Outcome]]
     return [(case, outcomes[case.case_id]) for case in cases]
 
 
+def _prepare_all(
+    cases: list[Case], suite: Suite, earlier: list[Visit]
+) -> tuple[list[PreparedCase], list[tuple[str, Exception]]]:
+    """The cases built for timing, and those that cannot be (or failed in an earlier visit)."""
+    prepared: list[PreparedCase] = []
+    failed: list[tuple[str, Exception]] = []
+    for case in cases:
+        before = [v.timings.get(case.case_id) for v in earlier]
+        error = next((t for t in before if isinstance(t, Exception)), None)
+        if error is not None:
+            failed.append((case.case_id, error))
+            continue
+        try:
+            check_runnable(case)
+            prepared.append(prepare_case(case, suite))
+        except Exception as e:
+            failed.append((case.case_id, e))
+    return prepared, failed
+
+
+def _monitor(prepared: list[PreparedCase], suite: Suite) -> bandwidth.StreamMonitor | None:
+    if not suite.measure.bandwidth_probe:
+        return None
+    return bandwidth.StreamMonitor(prepared[0].device)
+
+
+def _earlier_timings(earlier: list[Visit], case_id: str | None) -> list[Timing]:
+    """A case's (None: the monitor's) timings in the earlier visits that timed it."""
+    found = [v.timings.get(case_id) if case_id else v.monitor for v in earlier]
+    return [t for t in found if isinstance(t, Timing)]
+
+
+def _pool(
+    earlier: list[Visit], case_id: str | None, last: Timing | Exception
+) -> Timing | Exception:
+    if isinstance(last, Exception):
+        return last
+    return pooled([*_earlier_timings(earlier, case_id), last])
+
+
 def _window_probe(timing: Timing | Exception, monitor: bandwidth.StreamMonitor) -> dict[str, Any]:
     """The bandwidth the monitor read during the group's rounds: its median, and how steady it was
     (relative IQR of its passes)."""
@@ -180,26 +249,51 @@ def _window_probe(timing: Timing | Exception, monitor: bandwidth.StreamMonitor) 
     return {"probe_window_bw": median, "probe_window_spread": (q3 - q1) / median}
 
 
+def visit_settings(t: Any, index: int, of: int) -> dict[str, Any]:
+    """time_interleaved's settings for visit `index` of `of` (`t`: the suite's TimingSettings).
+
+    One visit: the suite's settings, adaptive stopping included. Several: the budget, minimum
+    and maximum rounds are shared out equally and no visit extends, so that each visit weighs
+    the same in the pooled samples (a last visit timed on until the pooled median is precise
+    would outweigh the others, and more samples of one moment do not narrow a spread between
+    moments). The first visit warms up fully; later ones build fresh workloads but run code that
+    is warm already, and warm up for a share.
+    """
+    if of == 1:
+        return {
+            "warmup_s": t.warmup_s,
+            "min_steps": t.min_steps,
+            "max_steps": t.max_steps,
+            "budget_s": t.budget_s,
+            "target_noise": t.target_noise or None,
+            "max_extension": t.max_extension,
+        }
+    return {
+        "warmup_s": t.warmup_s if index == 0 else t.warmup_s / of,
+        "min_steps": math.ceil(t.min_steps / of),
+        "max_steps": math.ceil(t.max_steps / of),
+        "budget_s": t.budget_s / of,
+        "target_noise": None,
+        "max_extension": 1.0,
+    }
+
+
 def _time_group(
-    prepared: list[PreparedCase], suite: Suite, monitor: bandwidth.StreamMonitor | None
+    prepared: list[PreparedCase],
+    suite: Suite,
+    monitor: bandwidth.StreamMonitor | None,
+    index: int = 0,
+    of: int = 1,
 ) -> list[Timing | Exception]:
-    """Time the group (and the bandwidth monitor, last, as one more step of its rounds); once
-    more if other processes took more than the suite allows of our CPUs (a burst usually passes;
-    a second reading inside one is flagged by finish_case)."""
+    """Time the group (and the bandwidth monitor, last, as one more step of its rounds) for
+    visit `index` of `of`; once more if other processes took more than the suite allows of our
+    CPUs (a burst usually passes; a second reading inside one is flagged by finish_case)."""
     t = suite.timing
     steps = [p.step for p in prepared] + ([monitor.step] if monitor else [])
+    settings = visit_settings(t, index, of)
 
     def attempt() -> list[Timing | Exception]:
-        return time_interleaved(
-            steps,
-            prepared[0].device,
-            warmup_s=t.warmup_s,
-            min_steps=t.min_steps,
-            max_steps=t.max_steps,
-            budget_s=t.budget_s,
-            target_noise=t.target_noise or None,
-            max_extension=t.max_extension,
-        )
+        return time_interleaved(steps, prepared[0].device, **settings)
 
     first = attempt()
     if not _interfered(first, t.max_interference):
@@ -210,7 +304,7 @@ def _time_group(
     for before, after in zip(first, second):
         if isinstance(before, Timing) and isinstance(after, Timing):
             after.first_call_s = before.first_call_s  # the first call happened once, in `first`
-            after.remeasured = True  # type: ignore[attr-defined]
+            after.remeasured = True
     return second
 
 
@@ -239,7 +333,8 @@ def finish_case(prepared: PreparedCase, timing: Timing, suite: Suite) -> dict[st
         "n_samples": len(samples),
         "samples_s": samples,
         "extended": timing.extended,
-        "remeasured": getattr(timing, "remeasured", False),
+        "remeasured": timing.remeasured,
+        **_visit_fields(timing),
         "other_cpu": timing.other_cpu,
         **(timing.gpu_others or {}),
         **timing.counters.row(),
@@ -263,6 +358,14 @@ def finish_case(prepared: PreparedCase, timing: Timing, suite: Suite) -> dict[st
         row["launches"] = launches.kernel_launches(_one_step(prepared), device)
         row["launch_unit"] = launches.launch_unit(device)  # CPU counts aten ops, not kernels
     return row
+
+
+def _visit_fields(timing: Timing) -> dict[str, Any]:
+    """How many visits the samples came from, each one's median and their range over the pooled
+    median (None for one visit)."""
+    medians = [statistics.median(v) for v in timing.visits() if v]
+    spread = (max(medians) - min(medians)) / timing.median_s if len(medians) > 1 else None
+    return {"visits": len(medians), "visit_medians_s": medians, "visit_spread": spread}
 
 
 def _one_step(prepared: PreparedCase) -> Callable[[], int | None]:

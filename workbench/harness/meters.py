@@ -40,6 +40,11 @@ class StepCounters:
             after.ru_nivcsw - before.ru_nivcsw
         )
 
+    def merge(self, other: StepCounters) -> None:
+        self.steps += other.steps
+        self.minor_faults += other.minor_faults
+        self.ctx_switches += other.ctx_switches
+
     def row(self) -> dict[str, float | None]:
         if not self.steps:
             return {"minor_faults_per_step": None, "ctx_switches_per_step": None}

@@ -9,6 +9,16 @@ after; the probe after one group is the probe before the next), so that each row
 the machine as it was when the row was timed, and a resumed run probes afresh. With
 ``repeats`` > 1, each repeat of a group runs in a fresh process (group_worker), and rows whose
 processes disagree beyond their own noise are flagged ``unrepeatable``.
+
+Visits (``[timing] visits`` = V > 1): the run makes V passes over its latency groups, and each
+pass times every group once, with 1/V of the budget; the last pass makes the rows, from the
+samples of all V pooled. Why: the machine's speed drifts over seconds. On this project's 2-core
+VM, with nothing else running in it, the streaming bandwidth moved between 34 and 84 GB/s and an
+op-bound loop between 3.2 and 5.6 ms within one minute (other tenants of the host). A group timed
+in one window of a few seconds is one draw of that drift, the same for all its samples, so its
+noise cannot show it: across three runs the same row read 17 ms and 37 ms, each time precise to
+5%. Visits spread over the run take several draws. Rows are written in the last pass only, so a
+run killed earlier times its groups again on --resume.
 """
 
 from __future__ import annotations
@@ -27,7 +37,14 @@ from workbench.results.store import RunStore
 from . import bandwidth, conditions, quiet, stability
 from .cases import Case
 from .implementations import ImplementationError
-from .measure import CaseFailure, check_runnable, failed_outcome, measure_group
+from .measure import (
+    CaseFailure,
+    Visit,
+    check_runnable,
+    failed_outcome,
+    measure_group,
+    visit_group,
+)
 from .meters import Interference
 from .step_protocols import DENSE, class_minimal_bytes, protocol_for
 from .suite import Suite
@@ -118,13 +135,15 @@ def run_cases(
     store: RunStore,
     cases: Iterable[Case],
     on_case_done: Callable[[Case, dict[str, Any]], None] = lambda case, row: None,
+    on_visit_done: Callable[[list[Case], int, int], None] = lambda unit, index, of: None,
 ) -> None:
     """Run the cases the store does not hold yet, appending one row per case as it finishes.
 
     The suite's kind says what a case measures: step latency (a group of cases measured together
     by measure.measure_group: one case, or the interleaved implementations and backends of one
     problem) or convergence on a test problem (run_convergence_case, whose reference runs are
-    shared by the cases of one run).
+    shared by the cases of one run). `on_visit_done(unit, index, of)` follows each earlier
+    visit of a latency group (see the module docstring); `on_case_done` each row.
     """
     from .convergence import ReferenceCache, run_convergence_case  # it imports CaseFailure
     from .interleave import interleave_groups
@@ -139,7 +158,10 @@ def run_cases(
     interleave = latency and suite.timing.interleave
     probes = _Probes(store, enabled=latency and suite.measure.bandwidth_probe)
     in_workers = latency and any(case.repeat > 0 for case in cases)
-    for unit in interleave_groups(pending) if interleave else [[case] for case in pending]:
+    units = interleave_groups(pending) if interleave else [[case] for case in pending]
+    visits = visits_of(suite, cases)
+    earlier = _earlier_visits(units, suite, visits, on_visit_done)
+    for number, unit in enumerate(units):
         device = unit[0].device
         before = probes.before(device)
         outcomes: list[tuple[Case, Outcome]]
@@ -157,7 +179,7 @@ def run_cases(
 
                 outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
             else:
-                outcomes = measure_group(unit, suite)
+                outcomes = measure_group(unit, suite, earlier.pop(number, None))
             rows = [_row(case, outcome) for case, outcome in outcomes]
         del outcomes
         _release(device)
@@ -172,6 +194,34 @@ def run_cases(
         flag_unrepeatable(store)
     if latency and stability.flag_unusual_bandwidth(store.rows):
         store.rewrite()
+
+
+def visits_of(suite: Suite, cases: Iterable[Case]) -> int:
+    """The visits each group gets: the suite's, for latency groups timed in this process (repeats
+    run in workers, one visit each)."""
+    if suite.kind != "latency" or any(case.repeat > 0 for case in cases):
+        return 1
+    return suite.timing.visits
+
+
+def _earlier_visits(
+    units: list[list[Case]],
+    suite: Suite,
+    visits: int,
+    on_visit_done: Callable[[list[Case], int, int], None],
+) -> dict[int, list[Visit]]:
+    """The passes before the last: per unit (by its index), what each of its visits timed. Sharded
+    cases are timed once, in the last pass."""
+    earlier: dict[int, list[Visit]] = {}
+    for index in range(visits - 1):
+        for number, unit in enumerate(units):
+            if unit[0].world_size > 1:
+                continue
+            with quiet.native_output():
+                earlier.setdefault(number, []).append(visit_group(unit, suite, index, visits))
+            _release(unit[0].device)
+            on_visit_done(unit, index, visits)
+    return earlier
 
 
 def _value(probe: float | Exception | None) -> float | None:

@@ -87,20 +87,31 @@ def timing_flags(timing: Any, settings: Any) -> list[str]:
     others = timing.gpu_others or {}
     if (timing.other_cpu or 0.0) > settings.max_interference or others.get("gpu_other_processes"):
         flags.append(INTERFERENCE)
-    if warming_up(timing.samples_s, timing.noise):
+    if warming_up(timing.visits(), timing.noise):
         flags.append(COLD)
     if others.get("gpu_throttled"):
         flags.append(THROTTLED)
     return flags
 
 
-def warming_up(samples: Sequence[float], noise: float) -> bool:
-    """The first half's median clearly above the second half's: the steps were still speeding
-    up (caches, clocks, lazily built state) when timing began."""
-    n = len(samples)
-    if n < MIN_SAMPLES_FOR_TREND:
+def warming_up(visits: Sequence[Sequence[float]], noise: float) -> bool:
+    """The first halves' median clearly above the second halves': the steps were still speeding
+    up (caches, clocks, lazily built state) when timing began.
+
+    `visits`: the samples of each visit, in the order taken (one list for a group timed at once).
+    Each visit is split in halves, so that the machine's drift from one visit to the next does
+    not read as a warm-up.
+    """
+    first: list[float] = []
+    second: list[float] = []
+    for samples in visits:
+        half = len(samples) // 2
+        first += samples[:half]
+        second += samples[half:]
+    if len(first) + len(second) < MIN_SAMPLES_FOR_TREND or not first:
         return False
-    first, second = sorted(samples[: n // 2]), sorted(samples[n // 2 :])
+    first.sort()
+    second.sort()
     m1, m2 = first[len(first) // 2], second[len(second) // 2]
     return m1 > m2 * (1 + max(COLD_MARGIN, 2 * noise))
 
@@ -113,7 +124,10 @@ def probe_checks(row: dict[str, Any], before: float | None, after: float | None)
     Where the row has the in-window reading (bandwidth.StreamMonitor: `probe_window_bw` and
     `probe_window_spread`), that judges drift: the passes were taken in the group's own rounds,
     while a probe before and after can both miss a burst inside it, or differ while the rounds
-    themselves were steady. Without it (a sharded case), the probes before and after judge.
+    themselves were steady. Without it (a sharded case), the probes before and after judge. A
+    group timed in several visits is not judged by its passes' spread: they were taken in
+    different passes over the suite, and differ as the machine drifted (flag_unusual_bandwidth
+    judges the pooled reading against the run's).
     """
     row["probe_bw_before"], row["probe_bw_after"] = before, after
     window = row.get("probe_window_bw")
@@ -126,7 +140,8 @@ def probe_checks(row: dict[str, Any], before: float | None, after: float | None)
         if row["bw_fraction"] > ABOVE_PROBE_LIMIT:
             _flag(row, ABOVE_PROBE)
     if window:
-        if row.get("probe_window_spread", 0.0) > PROBE_DRIFT_LIMIT:
+        one_visit = (row.get("visits") or 1) == 1
+        if one_visit and row.get("probe_window_spread", 0.0) > PROBE_DRIFT_LIMIT:
             _flag(row, PROBE_DRIFT)
     elif before and after and min(before, after) < (1 - PROBE_DRIFT_LIMIT) * max(before, after):
         _flag(row, PROBE_DRIFT)

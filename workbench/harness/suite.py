@@ -45,6 +45,9 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     max_interference = 0.1              # [0.1] other processes' share of our CPUs above which a
                                         #   group is re-measured once, then flagged `interference`
     noop_check = true                   # [true] after timing, a step must change the params
+    visits = 1                          # [1] time each group in this many visits, one per pass
+                                        #   over the suite, and pool their samples (budget_s and
+                                        #   min_steps are shared out): see runner.py
 
     [measure]                           # what to measure besides latency
     memory = true                       # [true] peak memory of a step, exact state bytes
@@ -156,6 +159,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_extension": ("a number", 4.0),
         "max_interference": ("a number", 0.1),
         "noop_check": ("a boolean", True),
+        "visits": ("an integer", 1),
     },
     "measure": {
         "memory": ("a boolean", True),
@@ -197,6 +201,9 @@ class TimingSettings:
     max_interference: float = 0.1
     # a step after timing must change the params (else the row is `no-op`)
     noop_check: bool = True
+    # passes over the suite in which each latency group is timed, its samples pooled: the
+    # machine's speed drifts over seconds, and one window of a few seconds is one draw of it
+    visits: int = 1
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,12 @@ class _Loader:
         rules = self.check_excludes(document.get("exclude", []), flags)
         timing = TimingSettings(**s["timing"])
         self.check_timing(timing)
+        if timing.visits > 1 and axes["repeats"] > 1:
+            raise self.error(
+                "timing.visits",
+                f"{timing.visits} visits with {axes['repeats']} repeats: each repeat is already a "
+                "pass over the suite (in its own process); give one of them",
+            )
         convergence = ConvergenceSettings(**s["convergence"])
         self.check_convergence(convergence)
         sparse = SparseSettings(**s["sparse"])
@@ -419,6 +425,8 @@ class _Loader:
             raise self.error(
                 "timing.max_interference", f"must be in (0, 1], got {timing.max_interference}"
             )
+        if timing.visits < 1:
+            raise self.error("timing.visits", f"must be at least 1, got {timing.visits}")
         if timing.max_steps < timing.min_steps:
             raise self.error(
                 "timing.max_steps",

@@ -14,6 +14,9 @@ still misses the target is flagged ``noisy`` by the runner, not hidden.
 
 Around every timed step, getrusage counts page faults and context switches (meters.StepCounters);
 over the whole window, the CPU time other processes took (meters.Interference) is every step's.
+
+A group timed in several visits (``[timing] visits``, runner.py) gives one Timing per visit;
+``pooled`` makes them one.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class Timing:
     gpu_others: dict[str, object] | None = None
     # timed past the base budget because the median was not yet precise enough
     extended: bool = False
+    # timed again because other processes took our CPUs during a first attempt
+    remeasured: bool = False
+    # pooled from visits: each visit's number of samples, in the order they ran (else empty)
+    visit_sizes: list[int] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
@@ -57,6 +64,37 @@ class Timing:
     @property
     def noise(self) -> float:
         return relative_noise(self.samples_s)
+
+    def visits(self) -> list[list[float]]:
+        """The samples of each visit (one list where the timing was not pooled)."""
+        sizes = self.visit_sizes or [len(self.samples_s)]
+        out, start = [], 0
+        for n in sizes:
+            out.append(self.samples_s[start : start + n])
+            start += n
+        return out
+
+
+def pooled(visits: list[Timing]) -> Timing:
+    """One Timing from a group's visits to one step, in the order they ran: every sample (each
+    visit's count kept), the first visit's first call, counters summed, and the most
+    interference any visit saw."""
+    out = Timing(first_call_s=visits[0].first_call_s)
+    for visit in visits:
+        out.samples_s += visit.samples_s
+        out.visit_sizes.append(len(visit.samples_s))
+        out.counters.merge(visit.counters)
+        out.extended |= visit.extended
+        out.remeasured |= visit.remeasured
+    seen = [v.other_cpu for v in visits if v.other_cpu is not None]
+    out.other_cpu = max(seen) if seen else None
+    gpu = [v.gpu_others for v in visits if v.gpu_others]
+    if gpu:  # counts and utilisation: the most any visit saw; throttled if any visit was
+        out.gpu_others = {
+            key: max((g.get(key) for g in gpu if g.get(key) is not None), default=None)
+            for key in gpu[-1]
+        }
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -163,7 +201,10 @@ class _Rounds:
     events until `collect` reads them)."""
 
     def __init__(
-        self, steps: list[Callable[[], object]], results: list[Timing | Exception], device
+        self,
+        steps: list[Callable[[], object]],
+        results: list[Timing | Exception],
+        device: torch.device,
     ) -> None:
         self.steps, self.results, self.device = steps, results, device
         self.active = [i for i, r in enumerate(results) if isinstance(r, Timing)]
