@@ -67,3 +67,18 @@ class _SleepySGD(torch.optim.SGD):
 
 def sleepy_sgd(params: Any, **flags: Any) -> torch.optim.Optimizer:
     return _SleepySGD(params, **flags)
+
+
+# how many times failing_sgd was built in this process (tests/test_visits.py)
+BUILT = {"failing_sgd": 0}
+
+
+class _FailingSGD(torch.optim.SGD):
+    def step(self, closure: Any = None) -> Any:
+        raise RuntimeError("this step always fails")
+
+
+def failing_sgd(params: Any, **flags: Any) -> torch.optim.Optimizer:
+    """An optimizer whose step raises: its row is an error, in every visit."""
+    BUILT["failing_sgd"] += 1
+    return _FailingSGD(params, lr=0.01)

@@ -121,3 +121,24 @@ def test_visits_with_repeats_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(SuiteError) as e:
         load_suite(_suite(tmp_path, visits=0))
     assert e.value.key == "timing.visits"
+
+
+def test_a_case_that_fails_in_a_visit_is_not_built_again(tmp_path: Path) -> None:
+    from tests import grad_factories
+
+    suite = (
+        _suite(tmp_path, visits=3)
+        .read_text()
+        .replace('["workbench", "torch"]', '["torch", "tests.grad_factories:failing_sgd"]')
+    )
+    path = tmp_path / "failing.toml"
+    path.write_text(suite)
+    grad_factories.BUILT["failing_sgd"] = 0
+    main(["run", str(path), "--out", str(tmp_path / "out")])
+    (run,) = (tmp_path / "out").iterdir()
+    df = load(run).set_index("implementation")
+    assert df.loc["torch", "status"] == "ok" and df.loc["torch", "visits"] == 3
+    failed = df.loc["tests.grad_factories:failing_sgd"]
+    assert failed["status"] == "error" and "always fails" in failed["error"]
+    # built for the first visit only: once per cache-defeating copy, as many as torch's row has
+    assert grad_factories.BUILT["failing_sgd"] == df.loc["torch", "working_set_copies"] > 1

@@ -152,10 +152,13 @@ class Visit:
     monitor: Timing | Exception | None = None
 
 
-def visit_group(cases: list[Case], suite: Suite, index: int, of: int) -> Visit:
+def visit_group(
+    cases: list[Case], suite: Suite, index: int, of: int, earlier: list[Visit] | None = None
+) -> Visit:
     """Visit `index` (of `of`, not the last) of a group: build its workloads, time them with
-    this visit's share of the budget, keep the timings and free the rest."""
-    prepared, failed = _prepare_all(cases, suite, [])
+    this visit's share of the budget, keep the timings and free the rest. A case that failed in
+    an `earlier` visit keeps that failure and is not built again."""
+    prepared, failed = _prepare_all(cases, suite, earlier or [])
     visit = Visit(timings=dict(failed))
     if prepared:
         monitor = _monitor(prepared, suite)

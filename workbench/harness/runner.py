@@ -217,8 +217,9 @@ def _earlier_visits(
         for number, unit in enumerate(units):
             if unit[0].world_size > 1:
                 continue
+            before = earlier.setdefault(number, [])
             with quiet.native_output():
-                earlier.setdefault(number, []).append(visit_group(unit, suite, index, visits))
+                before.append(visit_group(unit, suite, index, visits, before))
             _release(unit[0].device)
             on_visit_done(unit, index, visits)
     return earlier
