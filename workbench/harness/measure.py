@@ -262,22 +262,14 @@ def visit_settings(t: Any, index: int, of: int) -> dict[str, Any]:
     moments). The first visit warms up fully; later ones build fresh workloads but run code that
     is warm already, and warm up for a share.
     """
-    if of == 1:
-        return {
-            "warmup_s": t.warmup_s,
-            "min_steps": t.min_steps,
-            "max_steps": t.max_steps,
-            "budget_s": t.budget_s,
-            "target_noise": t.target_noise or None,
-            "max_extension": t.max_extension,
-        }
+    alone = of == 1
     return {
         "warmup_s": t.warmup_s if index == 0 else t.warmup_s / of,
         "min_steps": math.ceil(t.min_steps / of),
         "max_steps": math.ceil(t.max_steps / of),
         "budget_s": t.budget_s / of,
-        "target_noise": None,
-        "max_extension": 1.0,
+        "target_noise": (t.target_noise or None) if alone else None,
+        "max_extension": t.max_extension if alone else 1.0,
     }
 
 
