@@ -136,6 +136,9 @@ class _Embeddings(nn.Module):
         self.table = nn.Embedding(10, 3, sparse=True).to(dtype)
         self.wide = nn.Embedding(6, 4, sparse=True).to(dtype)
         self.strided = nn.Parameter(torch.randn(5, 6, dtype=dtype)[:, ::2])  # not contiguous
+        # grads with no sparse dim: one value block that is the whole tensor
+        self.scalar = nn.Parameter(torch.tensor(0.7, dtype=dtype))  # 0-dim, as torch's tests have
+        self.whole = nn.Parameter(torch.randn(2, 3, dtype=dtype))
 
     def loss(self, step: int) -> torch.Tensor:
         idx = torch.tensor(_LOOKUPS[step])
@@ -157,6 +160,9 @@ def sparse_adam_side_by_side(entry: Any, backend: str, config: dict, dtype: torc
             g = torch.zeros_like(model.strided)
             g[[0, 3]] = 0.5 + i
             model.strided.grad = g.to_sparse(sparse_dim=1)
+            model.scalar.grad = torch.tensor(0.1 * (i + 1), dtype=dtype).to_sparse()
+            whole = torch.full((1, 2, 3), 0.2 - 0.1 * i, dtype=dtype)  # to_sparse refuses dim 0
+            model.whole.grad = torch.sparse_coo_tensor(torch.zeros(0, 1, dtype=torch.long), whole)
             opt.step()
         for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
             where = f"{name} after step {i}"

@@ -74,13 +74,20 @@ def _sparse_adam_forloop(
 
 
 def _read_rows(tensor: Tensor, where: tuple[Tensor, ...]) -> Tensor:
+    if not where:
+        # no sparse dim (a 0-dim param's grad, or sparse_dim=0): its one value block is the
+        # whole tensor, with a leading nnz dim of 1
+        return tensor.unsqueeze(0)
     # rows of an embedding table: index_select is a plain gather, several times faster on CPU
     # than advanced indexing's general kernel
     return tensor.index_select(0, where[0]) if len(where) == 1 else tensor[where]
 
 
 def _write_rows(tensor: Tensor, where: tuple[Tensor, ...], values: Tensor) -> None:
-    if len(where) == 1:
+    if not where:
+        # index_put_ with no index tensors is a masked fill to torch, and refuses
+        tensor.unsqueeze(0).copy_(values)
+    elif len(where) == 1:
         tensor.index_copy_(0, where[0], values)  # rows of an embedding table: one parallel copy
     else:
         tensor.index_put_(where, values)
