@@ -1,19 +1,18 @@
 """What the ahead-of-time compile tests check on any fused optimizer kernel (no GPU needed).
 
-tests/test_kernel_compile.py shows the approach on Adamax; this module packs its checks for the
-kernels that follow the same pattern (one program per chunk, element roles through `role_pointer`,
-per-tensor scalars as scalar roles), so a kernel's test file only states its signature, flags and
-roles. Every variant of one file is compiled in one fresh process (`_aot.compile_many`).
+The kernels follow one pattern (one program per chunk, element roles through `role_pointer`,
+per-tensor scalars as scalar roles), so one set of checks serves them all: tests/test_kernel_aot.py
+runs them on every variant the table's steps launch, tests/test_kernel_compile.py on the shared
+helpers. Every variant of one file is compiled in one fresh process (`_aot.compile_many`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import pytest
 import torch
-import triton
 import triton.language as tl
 
 from workbench.optim._kernels import _aot
@@ -107,36 +106,3 @@ def check_registers(binary: _aot.GpuBinary) -> None:
     """At launch()'s BLOCK and warps: no spills, and room for 2 blocks per SM."""
     assert binary.stack_bytes == 0 and binary.local_bytes == 0, "spills"
     assert binary.n_regs <= REGISTER_BUDGET
-
-
-class _RecordingKernel:
-    """Stands in for a kernel: records what launch() passes instead of running it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getitem__(self, grid: tuple[int, ...]) -> Any:
-        return lambda *args, **kwargs: self.calls.append((args, kwargs))
-
-
-def launch_signature(
-    monkeypatch: pytest.MonkeyPatch,
-    module: Any,
-    kernel_name: str,
-    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-) -> tuple[dict[str, str], set[str]]:
-    """(runtime parameter types, constexpr names) of the one launch a fused step makes with
-    `make_optimizer([param])`, the kernel `module.<kernel_name>` replaced by a recorder."""
-    mangle_type = getattr(triton.runtime.jit, "mangle_type", None)
-    if mangle_type is None:
-        pytest.skip(f"triton {triton.__version__} has no triton.runtime.jit.mangle_type")
-    kernel = getattr(module, kernel_name)
-    recorder = _RecordingKernel()
-    monkeypatch.setattr(module, kernel_name, recorder)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: under the interpreter
-    param = torch.nn.Parameter(torch.randn(10, device=device))
-    param.grad = torch.randn(10, device=device)
-    make_optimizer([param]).step()
-    ((args, kwargs),) = recorder.calls
-    signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args, strict=False)}
-    return signature, set(kwargs) - {"num_warps"}

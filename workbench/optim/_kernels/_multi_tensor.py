@@ -75,7 +75,7 @@ def _table(
 
 def launch_num_warps(dtype: torch.dtype, aligned: bool) -> int:
     """Warps per program on a GPU, so that no variant spills (ptxas for sm_80/sm_90, checked by
-    tests/test_kernel_compile.py). At BLOCK=4096, Triton's default of 4 warps puts 32 elements per
+    tests/test_kernel_aot.py). At BLOCK=4096, Triton's default of 4 warps puts 32 elements per
     role on each thread and spills. Aligned launches use 16-byte accesses and fit fp32/bf16/fp16
     in 8 warps; element-wide (unaligned) accesses each keep an address, so they take twice the
     warps, and fp64, twice as wide, twice again."""
