@@ -51,6 +51,10 @@ class OptimEntry:
     one_group: bool = False
     # torch.optim refuses params that are not 2-D (Muon): the tests make theirs matrices (`shape`)
     matrices_only: bool = False
+    # the GradScaler tests' configs (tests/test_grad_scaler.py): set for an optimizer whose
+    # fused backend takes GradScaler's grad_scale / found_inf (`fused_amp_scaling`), which
+    # these tests then require; None: not declared, its configs torch.optim takes as they are
+    amp_configs: list[dict[str, Any]] | None = None
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -298,6 +302,7 @@ ADAM = OptimEntry(
         {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True, "capturable": True},
     ],
     errors=_ADAM_ERRORS,
+    amp_configs=[{}, {"weight_decay": 0.1, "amsgrad": True, "maximize": True}],
 )  # fmt: skip
 
 ADAMW = OptimEntry(
@@ -309,6 +314,7 @@ ADAMW = OptimEntry(
         {"weight_decay": 0.1, "maximize": True, "capturable": True},
     ],
     errors=_ADAM_ERRORS,
+    amp_configs=[{"lr": torch.tensor(0.01), "amsgrad": True}],
 )  # fmt: skip
 
 # torch.optim's refusals for its own `fused` flag (SGD, Adagrad, Adam, AdamW), on any device
@@ -345,6 +351,13 @@ SGD = OptimEntry(
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
         *_FUSED_FLAG_ERRORS,
     ],
+    # the last: plain momentum, for a skipped first step (its buffer is the first grad)
+    amp_configs=[
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "maximize": True},
+        {"lr": 0.1, "weight_decay": 0.1},
+        {"lr": 0.1, "momentum": 0.9},
+    ],
 )  # fmt: skip
 
 ADAGRAD = OptimEntry(
@@ -369,6 +382,10 @@ ADAGRAD = OptimEntry(
         ({"eps": -1e-10}, ValueError, "Invalid epsilon value"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
         *_FUSED_FLAG_ERRORS,
+    ],
+    amp_configs=[
+        {"lr_decay": 0.5, "weight_decay": 0.1},
+        {"lr": torch.tensor(0.05), "initial_accumulator_value": 0.1, "maximize": True},
     ],
 )  # fmt: skip
 
