@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import _backends
 from ._backends import DEVICE_STEP_BACKENDS
+from ._spec import UpdateSpec
 
 UpdateFn = Callable[..., None]
 
@@ -32,6 +33,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     """torch.optim.Optimizer with a `backend` per param group.
 
     Subclasses set:
+      spec:               their UpdateSpec, from which state_names, tensors_read/_written and
+                          cpu_kernel follow (optimizers not yet declared by a spec set those)
       backends:           the backends they implement (from ``_backends.BACKENDS``)
       state_names:        per-param state tensors shaped like the param, besides ``step``
       update_functions:   {"forloop": fn, "foreach": fn, "fused": fn}; "compiled" compiles forloop
@@ -40,6 +43,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     and implement ``_hyperparameters(group)``.
     """
 
+    spec: ClassVar[UpdateSpec | None] = None
     backends: ClassVar[tuple[str, ...]]
     state_names: ClassVar[tuple[str, ...]]
     update_functions: ClassVar[dict[str, UpdateFn]]
@@ -68,6 +72,15 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     # sparse-layout grads (SparseAdam); neither: fixed dense grads and a bare step().
     needs_closure: ClassVar[bool] = False
     sparse_grads: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.state_names = spec.state
+            cls.tensors_read, cls.tensors_written = spec.reads, spec.writes
+            cls.has_step = spec.has_step
+            cls.cpu_kernel = spec.kernel
 
     def __init__(
         self,

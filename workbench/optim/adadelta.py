@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 
 
 def _adadelta_forloop(
@@ -107,38 +108,16 @@ def _adadelta_foreach(
         torch._foreach_add_(params, delta, alpha=-float(lr))
 
 
-def _adadelta_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    acc_deltas: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    rho: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "adadelta"):
-        cpu_kernels.launch(
-            "adadelta",
-            [params, grads, square_avgs, acc_deltas],
-            [steps],
-            hyper=[float(x) for x in (lr, rho, eps, weight_decay)],
-            flags=[maximize],
-        )
-        return
-    from ._kernels.adadelta import adadelta_fused_step
-
-    # the update does not use the step: the kernel need not read it
-    torch._foreach_add_(steps, 1.0)
-    adadelta_fused_step(
-        params, grads, square_avgs, acc_deltas,
-        lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="adadelta",
+    state=("square_avg", "acc_delta"),
+    hyper=("lr", "rho", "eps", "weight_decay"),
+    # read param, grad, square_avg, acc_delta; write param, square_avg, acc_delta
+    reads=4,
+    writes=3,
+    # the update does not use the step: the Triton kernel need not read it
+    triton_scalars=(),
+)
 
 
 class Adadelta(WorkbenchOptimizer):
@@ -148,17 +127,13 @@ class Adadelta(WorkbenchOptimizer):
     and ``fused`` (``fused=True`` is ``backend="fused"``).
     """
 
+    spec = SPEC
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "adadelta"
-    state_names = ("square_avg", "acc_delta")
     update_functions = {
         "forloop": _adadelta_forloop,
         "foreach": _adadelta_foreach,
-        "fused": _adadelta_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, square_avg, acc_delta; write param, square_avg, acc_delta
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

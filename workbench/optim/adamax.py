@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._spec import UpdateSpec
 
 
 def _adamax_forloop(
@@ -110,38 +111,14 @@ def _adamax_foreach(
         torch._foreach_addcdiv_(params, exp_avgs, exp_infs, step_sizes)
 
 
-def _adamax_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_infs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "adamax"):
-        cpu_kernels.launch(
-            "adamax",
-            [params, grads, exp_avgs, exp_infs],
-            [steps],
-            hyper=[float(x) for x in (lr, beta1, beta2, eps, weight_decay)],
-            flags=[maximize],
-        )
-        return
-    from ._kernels.adamax import adamax_fused_step
-
-    torch._foreach_add_(steps, 1.0)
-    adamax_fused_step(
-        params, grads, exp_avgs, exp_infs, steps,
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="adamax",
+    state=("exp_avg", "exp_inf"),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+    # read param, grad, exp_avg, exp_inf; write param, exp_avg, exp_inf
+    reads=4,
+    writes=3,
+)
 
 
 class Adamax(WorkbenchOptimizer):
@@ -151,17 +128,13 @@ class Adamax(WorkbenchOptimizer):
     and ``fused`` (``fused=True`` is ``backend="fused"``).
     """
 
+    spec = SPEC
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "adamax"
-    state_names = ("exp_avg", "exp_inf")
     update_functions = {
         "forloop": _adamax_forloop,
         "foreach": _adamax_foreach,
-        "fused": _adamax_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, exp_avg, exp_inf; write param, exp_avg, exp_inf
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._spec import UpdateSpec, decoupled_decay_factor
 
 
 def _rectification(rho_t: Any, rho_inf: float) -> Any:
@@ -194,43 +195,17 @@ def _radam_foreach(
         torch._foreach_add_([params[i] for i in index], [exp_avgs[i] for i in index], alpha=size)
 
 
-def _radam_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "radam"):
-        cpu_kernels.launch(
-            "radam",
-            [params, grads, exp_avgs, exp_avg_sqs],
-            [steps],
-            hyper=[
-                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay)),
-                cpu_kernels.decay_factor(lr, weight_decay),
-            ],
-            flags=[decoupled_weight_decay, maximize],
-        )
-        return
-    from ._kernels.radam import radam_fused_step
-
-    torch._foreach_add_(steps, 1.0)
-    radam_fused_step(
-        params, grads, exp_avgs, exp_avg_sqs, steps,
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="radam",
+    state=("exp_avg", "exp_avg_sq"),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "decay_factor"),
+    flags=("decoupled_weight_decay", "maximize"),
+    derived={"decay_factor": decoupled_decay_factor},
+    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq. The steps before
+    # the switch need not read exp_avg_sq, but every step must update it.
+    reads=4,
+    writes=3,
+)
 
 
 class RAdam(WorkbenchOptimizer):
@@ -240,18 +215,13 @@ class RAdam(WorkbenchOptimizer):
     and ``fused`` (``fused=True`` is ``backend="fused"``).
     """
 
+    spec = SPEC
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "radam"
-    state_names = ("exp_avg", "exp_avg_sq")
     update_functions = {
         "forloop": _radam_forloop,
         "foreach": _radam_foreach,
-        "fused": _radam_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq. The steps before
-    # the switch need not read exp_avg_sq, but every step must update it.
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._kernels import cpu as cpu_kernels
+from ._backends import fused
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 
 
 def _rprop_forloop(
@@ -115,39 +116,17 @@ def _rprop_foreach(
     torch._foreach_addcmul_(params, keep, step_sizes, value=-1)
 
 
-def _rprop_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    prevs: list[Tensor],
-    step_sizes: list[Tensor],
-    steps: list[Tensor],
-    *,
-    etaminus: float,
-    etaplus: float,
-    step_size_min: float,
-    step_size_max: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "rprop"):
-        cpu_kernels.launch(
-            "rprop",
-            [params, grads, prevs, step_sizes],
-            [steps],
-            hyper=[float(x) for x in (etaminus, etaplus, step_size_min, step_size_max)],
-            flags=[maximize],
-        )
-        return
-    from ._kernels.rprop import rprop_fused_step
-
-    # the update does not use the step: the kernel need not read it
-    torch._foreach_add_(steps, 1.0)
-    rprop_fused_step(
-        params, grads, prevs, step_sizes,
-        etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
-        step_size_max=step_size_max, maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="rprop",
+    state=("prev", "step_size"),
+    # lr is not a hyperparameter of the update: it only initialized the step sizes
+    hyper=("etaminus", "etaplus", "step_size_min", "step_size_max"),
+    # read param, grad, prev, step_size; write param, prev, step_size
+    reads=4,
+    writes=3,
+    # the update does not use the step: the Triton kernel need not read it
+    triton_scalars=(),
+)
 
 
 class Rprop(WorkbenchOptimizer):
@@ -157,17 +136,13 @@ class Rprop(WorkbenchOptimizer):
     and ``fused`` (``fused=True`` is ``backend="fused"``).
     """
 
+    spec = SPEC
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "rprop"
-    state_names = ("prev", "step_size")
     update_functions = {
         "forloop": _rprop_forloop,
         "foreach": _rprop_foreach,
-        "fused": _rprop_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, prev, step_size; write param, prev, step_size
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

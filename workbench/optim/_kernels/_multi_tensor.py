@@ -26,8 +26,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from .._backends import triton_interpreting
 from ._layout import flat_dense
+from ._triton_env import triton_interpreting
 
 TL_DTYPES = {
     torch.float16: tl.float16,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._backends import triton_interpreting
+from ._triton_env import triton_interpreting
 
 if triton_interpreting():
 

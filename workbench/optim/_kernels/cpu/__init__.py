@@ -34,7 +34,7 @@ _kernel_fn = ctypes.CFUNCTYPE(
     ctypes.POINTER(ctypes.c_int64),
     ctypes.c_int,
 )
-_functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
+_functions: dict[tuple[str, torch.dtype, tuple[str, ...]], ctypes._CFuncPtr] = {}
 
 
 def _profiling() -> bool:
@@ -73,15 +73,15 @@ def decay_factor(lr: float | Tensor, weight_decay: float) -> float:
     return float(1 - lr * weight_decay)
 
 
-def _function(kernel: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
-    fn = _functions.get((kernel, dtype))
+def _function(kernel: str, dtype: torch.dtype, defines: tuple[str, ...]) -> ctypes._CFuncPtr:
+    fn = _functions.get((kernel, dtype, defines))
     if fn is None:
         suffix = _SUFFIXES.get(dtype)
         if suffix is None:
             raise TypeError(f"fused {kernel} on CPU: no kernel for dtype {dtype}")
-        library = load(kernel, suffix)
+        library = load(kernel, suffix, defines)
         fn = _kernel_fn((f"{kernel}_{suffix}", library))
-        _functions[(kernel, dtype)] = fn
+        _functions[(kernel, dtype, defines)] = fn
     return fn
 
 
@@ -91,6 +91,7 @@ def launch(
     scalar_roles: Sequence[Sequence[Tensor]],
     hyper: Sequence[float],
     flags: Sequence[int],
+    defines: tuple[str, ...] = (),
 ) -> None:
     """Run C kernel `kernel` over the parallel tensor lists of one (cpu, dtype) group.
 
@@ -99,6 +100,7 @@ def launch(
                    (the step counters; NAdam's mu_product), or none.
     hyper, flags:  the kernel's float hyperparameters and integer flags, in its order; each
                    scalar role's dtype is appended to the flags here.
+    defines:       macros the kernel is compiled with: its UpdateSpec's names for those orders.
     Tensors that are not one dense block go through contiguous copies written back afterwards.
     """
     roles = element_roles
@@ -127,7 +129,7 @@ def launch(
         table.extend([s.data_ptr() for s in row])
     table.extend([t.numel() for t in roles[0]])
     all_flags = [int(f) for f in flags] + scalar_flags
-    function = _function(kernel, roles[0][0].dtype)
+    function = _function(kernel, roles[0][0].dtype, defines)
     args = (
         ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64)),
         n,

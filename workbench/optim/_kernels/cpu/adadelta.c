@@ -3,9 +3,8 @@
  * here too, though the update does not read them: torch.optim keeps counting them. */
 #include "multi_tensor.h"
 
-/* hyper: lr, rho, eps, weight_decay
- * flags: maximize, step dtype
- * table roles: param, grad, square_avg, acc_delta, step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from Adadelta's
+ * UpdateSpec (compiled in as -D options, see workbench/optim/_spec.py) */
 typedef struct {
     T *const *param, *const *grad, *const *square_avg, *const *acc_delta;
     ACC neg_lr, rho, one_minus_rho, eps, weight_decay, grad_sign;
@@ -43,14 +42,16 @@ static void adadelta_range(const void *raw, int64_t t, int64_t begin, int64_t en
 
 WB_EXPORT(adadelta)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                     int num_threads) {
-    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[4 * n + t], flags[1]);
-    const double rho = hyper[1];
+    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
+    const double rho = hyper[WB_H_RHO], weight_decay = hyper[WB_H_WEIGHT_DECAY];
     const adadelta_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .square_avg = (T *const *)(table + 2 * n), .acc_delta = (T *const *)(table + 3 * n),
-        .neg_lr = (ACC)(-hyper[0]), .rho = (ACC)rho, .one_minus_rho = (ACC)(1.0 - rho),
-        .eps = (ACC)hyper[2], .weight_decay = (ACC)hyper[3],
-        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1, .coupled = hyper[3] != 0,
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .square_avg = (T *const *)(table + WB_ROW_SQUARE_AVG * n),
+        .acc_delta = (T *const *)(table + WB_ROW_ACC_DELTA * n),
+        .neg_lr = (ACC)(-hyper[WB_H_LR]), .rho = (ACC)rho, .one_minus_rho = (ACC)(1.0 - rho),
+        .eps = (ACC)hyper[WB_H_EPS], .weight_decay = (ACC)weight_decay,
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1, .coupled = weight_decay != 0,
     };
-    wb_parallel(table + 5 * n, n, num_threads, adadelta_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, adadelta_range, &ctx);
 }

@@ -2,9 +2,8 @@
  * in the forloop backend's order of operations. */
 #include "multi_tensor.h"
 
-/* hyper: lr, beta1, beta2, eps, weight_decay
- * flags: maximize, step dtype
- * table roles: param, grad, exp_avg, exp_inf, step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from Adamax's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py) */
 typedef struct {
     T *const *param, *const *grad, *const *exp_avg, *const *exp_inf;
     const ACC *neg_step_size; /* per tensor, from its own step */
@@ -42,18 +41,21 @@ static void adamax_range(const void *raw, int64_t t, int64_t begin, int64_t end)
 
 WB_EXPORT(adamax)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                   int num_threads) {
-    const double lr = hyper[0], beta1 = hyper[1];
+    const double lr = hyper[WB_H_LR], beta1 = hyper[WB_H_BETA1];
     ACC neg_step_size[n > 0 ? n : 1];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[4 * n + t], flags[1]);
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
         neg_step_size[t] = (ACC)(-(lr / (1.0 - pow(beta1, step))));
     }
     const adamax_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .exp_avg = (T *const *)(table + 2 * n), .exp_inf = (T *const *)(table + 3 * n),
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
+        .exp_inf = (T *const *)(table + WB_ROW_EXP_INF * n),
         .neg_step_size = neg_step_size, .one_minus_beta1 = (ACC)(1.0 - beta1),
-        .beta2 = (ACC)hyper[2], .eps = (ACC)hyper[3], .weight_decay = (ACC)hyper[4],
-        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+        .beta2 = (ACC)hyper[WB_H_BETA2], .eps = (ACC)hyper[WB_H_EPS],
+        .weight_decay = (ACC)hyper[WB_H_WEIGHT_DECAY],
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
     };
-    wb_parallel(table + 5 * n, n, num_threads, adamax_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, adamax_range, &ctx);
 }

@@ -75,20 +75,22 @@ def _compiler_identity(cc: str) -> str:
         return cc
 
 
-def library_path(kernel: str, suffix: str) -> Path:
+def library_path(kernel: str, suffix: str, defines: tuple[str, ...] = ()) -> Path:
     """Where the build of `kernel` for dtype `suffix` lives in the cache (built or not)."""
     cc = compiler() or "cc"
     digest = hashlib.sha256()
     for source in (SOURCE_DIR / f"{kernel}.c", *sorted(SOURCE_DIR.glob("*.h"))):
         digest.update(source.read_bytes())
-    for part in (*FLAGS, suffix, _compiler_identity(cc), _cpu_identity()):
+    for part in (*FLAGS, *defines, suffix, _compiler_identity(cc), _cpu_identity()):
         digest.update(part.encode())
     return cache_dir() / f"{kernel}_{suffix}-{digest.hexdigest()[:16]}.so"
 
 
 @cache
-def load(kernel: str, suffix: str) -> ctypes.CDLL:
-    """The shared library of `kernel` for one dtype, compiled first if the cache lacks it."""
+def load(kernel: str, suffix: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """The shared library of `kernel` for one dtype, compiled first if the cache lacks it.
+
+    defines: ``NAME=value`` macros the source is compiled with (an UpdateSpec's ABI indices)."""
     source = SOURCE_DIR / f"{kernel}.c"
     if not source.is_file():
         raise FileNotFoundError(f"no CPU kernel source {source}")
@@ -97,15 +99,15 @@ def load(kernel: str, suffix: str) -> ctypes.CDLL:
         raise CpuKernelBuildError(
             "the fused CPU kernels need a C compiler (cc, gcc or clang, or $CC); none was found"
         )
-    target = library_path(kernel, suffix)
+    target = library_path(kernel, suffix, defines)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # build beside the target and rename: concurrent processes (pytest -n) never load a
         # half-written library
         fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        command = [cc, *FLAGS, f"-D{DTYPE_DEFINES[suffix]}", f"-I{SOURCE_DIR}", str(source),
-                   "-o", partial, "-lm"]  # fmt: skip
+        macros = [f"-D{DTYPE_DEFINES[suffix]}", *(f"-D{define}" for define in defines)]
+        command = [cc, *FLAGS, *macros, f"-I{SOURCE_DIR}", str(source), "-o", partial, "-lm"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)

@@ -3,10 +3,9 @@
  * rectified update decided from its own step. */
 #include "multi_tensor.h"
 
-/* hyper: lr, beta1, beta2, eps, weight_decay, 1 - lr * weight_decay (in lr's dtype: computed by
- *        the caller)
- * flags: decoupled_weight_decay, maximize, step dtype
- * table roles: param, grad, exp_avg, exp_avg_sq, step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from RAdam's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_H_DECAY_FACTOR is
+ * 1 - lr * weight_decay, in lr's dtype: computed by the caller. */
 typedef struct {
     T *const *param, *const *grad, *const *exp_avg, *const *exp_avg_sq;
     /* per tensor, from its own step: whether rho_t > 5, and the step size (rectification and
@@ -53,8 +52,9 @@ static void radam_range(const void *raw, int64_t t, int64_t begin, int64_t end) 
 
 WB_EXPORT(radam)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                  int num_threads) {
-    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2], weight_decay = hyper[4];
-    const int decoupled = (int)flags[0];
+    const double lr = hyper[WB_H_LR], beta1 = hyper[WB_H_BETA1], beta2 = hyper[WB_H_BETA2];
+    const double weight_decay = hyper[WB_H_WEIGHT_DECAY];
+    const int decoupled = (int)flags[WB_F_DECOUPLED_WEIGHT_DECAY];
     /* rho_t is the difference of two numbers near rho_inf (2e3 for the default beta2), compared
      * with 5: fp64, with Python's pow, as the forloop backend computes it on the host */
     const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
@@ -62,7 +62,7 @@ WB_EXPORT(radam)(const int64_t *table, int64_t n, const double *hyper, const int
     ACC neg_step_size[m];
     unsigned char rectified[m];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[4 * n + t], flags[2]);
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
         const double bias_correction1 = 1.0 - pow(beta1, step);
         const double beta2_t = pow(beta2, step);
         const double bias_correction2 = 1.0 - beta2_t;
@@ -80,15 +80,17 @@ WB_EXPORT(radam)(const int64_t *table, int64_t n, const double *hyper, const int
         }
     }
     const radam_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .exp_avg = (T *const *)(table + 2 * n), .exp_avg_sq = (T *const *)(table + 3 * n),
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
+        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
         .neg_step_size = neg_step_size, .rectified = rectified,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
-        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
+        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],
         .weight_decay = (ACC)weight_decay,
-        .decay_factor = decoupled && weight_decay != 0 ? (ACC)hyper[5] : (ACC)1,
-        .grad_sign = flags[1] ? (ACC)-1 : (ACC)1,
+        .decay_factor = decoupled && weight_decay != 0 ? (ACC)hyper[WB_H_DECAY_FACTOR] : (ACC)1,
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
         .coupled = !decoupled && weight_decay != 0,
     };
-    wb_parallel(table + 5 * n, n, num_threads, radam_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, radam_range, &ctx);
 }

@@ -3,9 +3,8 @@
  * first. */
 #include "multi_tensor.h"
 
-/* hyper: etaminus, etaplus, step_size_min, step_size_max
- * flags: maximize, step dtype
- * table roles: param, grad, prev, step_size, step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from Rprop's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py) */
 typedef struct {
     T *const *param, *const *grad, *const *prev, *const *step_size;
     ACC etaminus, etaplus, step_size_min, step_size_max, grad_sign;
@@ -41,13 +40,16 @@ static void rprop_range(const void *raw, int64_t t, int64_t begin, int64_t end) 
 
 WB_EXPORT(rprop)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                  int num_threads) {
-    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[4 * n + t], flags[1]);
+    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
     const rprop_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .prev = (T *const *)(table + 2 * n), .step_size = (T *const *)(table + 3 * n),
-        .etaminus = (ACC)hyper[0], .etaplus = (ACC)hyper[1],
-        .step_size_min = (ACC)hyper[2], .step_size_max = (ACC)hyper[3],
-        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .prev = (T *const *)(table + WB_ROW_PREV * n),
+        .step_size = (T *const *)(table + WB_ROW_STEP_SIZE * n),
+        .etaminus = (ACC)hyper[WB_H_ETAMINUS], .etaplus = (ACC)hyper[WB_H_ETAPLUS],
+        .step_size_min = (ACC)hyper[WB_H_STEP_SIZE_MIN],
+        .step_size_max = (ACC)hyper[WB_H_STEP_SIZE_MAX],
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
     };
-    wb_parallel(table + 5 * n, n, num_threads, rprop_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, rprop_range, &ctx);
 }

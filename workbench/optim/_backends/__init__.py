@@ -10,19 +10,22 @@ A backend is a way of running one optimizer's update over a list of tensors:
   scheduler changing lr never recompiles.
 
 Every optimizer writes its update functions with one signature (tensor lists, then keyword-only
-hyperparameters), so the machinery here never needs to know which optimizer it runs.
+hyperparameters), so the machinery here never needs to know which optimizer it runs. The fused
+backend's glue lives in `fused.py`: it reads the optimizer's UpdateSpec, picks C or Triton, and
+advances the step counts.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._kernels._triton_env import triton_available, triton_interpreting
 
 BACKENDS: tuple[str, ...] = ("forloop", "foreach", "fused", "compiled")
 
@@ -32,20 +35,6 @@ DEVICE_STEP_BACKENDS = frozenset({"fused", "compiled"})
 
 # Devices on which torch's own foreach kernels are native (what `foreach=None` picks on torch).
 _NATIVE_FOREACH_DEVICES = frozenset({"cuda", "xpu", "mps", "hpu"})
-
-
-def triton_interpreting() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (how CI checks kernels)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def requested_backend(
@@ -125,7 +114,7 @@ def check_fused_device(
     """Refuse, before any step, params that neither the Triton kernel nor the optimizer's C kernel
     (`cpu_kernel`, for CPU tensors) can update. `common`: the params' shared (device, dtype),
     when the caller knows it (one check instead of one per param)."""
-    from ._kernels import cpu as cpu_kernels
+    from .._kernels import cpu as cpu_kernels
 
     kinds = {common} if common is not None else {(p.device, p.dtype) for p in params}
     for _, dtype in kinds:
@@ -197,7 +186,7 @@ def compiled(
     not a new graph. Other float hyperparameters are baked into the graph: changing them
     (betas on a OneCycle schedule) recompiles.
     """
-    from ._materialize import register_inductor_lowering
+    from .._materialize import register_inductor_lowering
 
     register_inductor_lowering()
     # Dynamo's guards already check every input's size and stride; Inductor's own assertion of
@@ -213,3 +202,18 @@ def compiled(
             graph(*args, **kwargs)
 
     return run
+
+
+__all__ = [
+    "BACKENDS",
+    "DEVICE_STEP_BACKENDS",
+    "check_fused_device",
+    "common_device_and_dtype",
+    "compiled",
+    "default_backend",
+    "group_by_device_and_dtype",
+    "requested_backend",
+    "scalar_dtype",
+    "triton_available",
+    "triton_interpreting",
+]

@@ -1,0 +1,90 @@
+"""UpdateSpec: what an optimizer declares once about its update, and what follows from it.
+
+The update functions of every backend take parallel tensor lists in one order: param, grad, the
+param-shaped state tensors (`state`), then the per-param 0-dim state (`scalars`, the step count
+first). The spec names them, and the fused kernels' inputs: the float hyperparameters in the
+order the kernels receive them (`hyper`) and the integer flags (`flags`). From those names come:
+
+- the C kernel's indices (`c_defines`): each kernel is compiled with ``-DWB_ROW_<ROLE>=i``,
+  ``-DWB_H_<HYPER>=i`` and ``-DWB_F_<FLAG>=i``, so its source reads ``hyper[WB_H_LR]``, never a
+  position written by hand on two sides of the ABI;
+- the positional lists the C launch passes (`c_hyper`, `c_flags`);
+- the minimal bytes one step moves (`reads`, `writes`: param-sized tensors), hence the achieved
+  bandwidth the harness reports;
+- the state_dict keys: ``step`` (when the spec has it) and `state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# A hyperparameter the kernels take that the update's keywords do not hold as such: computed from
+# them (a decoupled weight decay's factor 1 - lr * weight_decay, rounded as the forloop rounds it).
+Derived = Callable[[Mapping[str, Any]], float]
+
+
+def decoupled_decay_factor(hyper: Mapping[str, Any]) -> float:
+    """1 - lr * weight_decay, the factor of a decoupled weight decay, as the forloop backend and
+    torch.optim compute it: in lr's dtype when lr is a tensor (an fp32 lr rounds it to fp32)."""
+    return float(1 - hyper["lr"] * hyper["weight_decay"])
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """One optimizer's update, declared once (see the module docstring).
+
+    kernel:   the fused kernels' name: ``_kernels/<kernel>.py`` defines ``<kernel>_fused_step``
+              (Triton), ``_kernels/cpu/<kernel>.c`` the C one; None without a fused backend.
+    state:    param-shaped state tensors, in the update functions' list order.
+    scalars:  per-param 0-dim state lists after them (``step``); the C kernel advances the step.
+    hyper:    the kernels' float hyperparameters, in ABI order: update keywords, or `derived`.
+    flags:    the kernels' integer flags (bools), in ABI order: update keywords.
+    triton_scalars: the scalar lists the Triton kernel reads (the step is advanced before it
+              runs, by the fused backend); the others are not passed to it.
+    reads / writes: param-sized tensors one step reads and writes at least.
+    """
+
+    kernel: str | None
+    state: tuple[str, ...]
+    reads: int
+    writes: int
+    scalars: tuple[str, ...] = ("step",)
+    hyper: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ("maximize",)
+    derived: Mapping[str, Derived] = field(default_factory=dict)
+    triton_scalars: tuple[str, ...] = ("step",)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The element-wise tensor lists, in order: param, grad, state."""
+        return ("param", "grad", *self.state)
+
+    @property
+    def has_step(self) -> bool:
+        return "step" in self.scalars
+
+    def c_defines(self) -> tuple[str, ...]:
+        """The C kernel's names for its table rows, hyperparameters and flags, as -D options.
+
+        Rows: the element roles, then the scalar rows, then `WB_ROWS` (where the numels start).
+        Flags: the spec's, then one dtype code per scalar row (`WB_F_<ROW>_DTYPE`), as
+        `cpu.launch` appends them."""
+        rows = [*self.roles, *self.scalars]
+        flags = [*self.flags, *(f"{row}_dtype" for row in self.scalars)]
+        defines = [f"WB_ROW_{name.upper()}={i}" for i, name in enumerate(rows)]
+        defines.append(f"WB_ROWS={len(rows)}")
+        defines += [f"WB_H_{name.upper()}={i}" for i, name in enumerate(self.hyper)]
+        defines += [f"WB_F_{name.upper()}={i}" for i, name in enumerate(flags)]
+        return tuple(defines)
+
+    def c_hyper(self, values: Mapping[str, Any]) -> list[float]:
+        """The float hyperparameters in ABI order, from the update's keywords."""
+        return [
+            float(self.derived[name](values)) if name in self.derived else float(values[name])
+            for name in self.hyper
+        ]
+
+    def c_flags(self, values: Mapping[str, Any]) -> list[int]:
+        return [int(bool(values[name])) for name in self.flags]
