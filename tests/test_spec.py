@@ -21,7 +21,7 @@ _MACRO = re.compile(r"\bWB_(H|F|ROW)_(\w+)")
 
 
 def test_some_optimizers_are_declared_by_a_spec() -> None:
-    assert {"Adamax", "Adadelta", "Rprop", "RAdam"} <= set(SPECCED)
+    assert {"Adamax", "Adadelta", "Rprop", "RAdam", "NAdam"} <= set(SPECCED)
 
 
 @pytest.mark.parametrize("name", sorted(SPECCED))
@@ -39,7 +39,7 @@ def test_c_kernel_reads_every_name_its_spec_defines(name: str) -> None:
 def test_class_attributes_follow_from_the_spec(name: str) -> None:
     cls = SPECCED[name]
     spec = cls.spec
-    assert cls.state_names == spec.state and cls.cpu_kernel == spec.kernel
+    assert cls.state_names == spec.state_names and cls.cpu_kernel == spec.kernel
     assert cls.minimal_bytes(1000, torch.float32) == (spec.reads + spec.writes) * 1000 * 4
     # state_dict keys: step (where the spec counts steps) and the declared state
     param = torch.nn.Parameter(torch.randn(4))
@@ -47,4 +47,4 @@ def test_class_attributes_follow_from_the_spec(name: str) -> None:
     optimizer = cls([param], backend="forloop")
     optimizer.step()
     keys = set(optimizer.state_dict()["state"][0])
-    assert keys == {*spec.state, *(("step",) if spec.has_step else ())}
+    assert keys == {*spec.state_names, *(("step",) if spec.has_step else ())}

@@ -77,7 +77,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         super().__init_subclass__(**kwargs)
         spec = cls.__dict__.get("spec")
         if spec is not None:
-            cls.state_names = spec.state
+            cls.state_names = spec.state_names
             cls.tensors_read, cls.tensors_written = spec.reads, spec.writes
             cls.has_step = spec.has_step
             cls.cpu_kernel = spec.kernel

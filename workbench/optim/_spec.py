@@ -38,11 +38,14 @@ class UpdateSpec:
     kernel:   the fused kernels' name: ``_kernels/<kernel>.py`` defines ``<kernel>_fused_step``
               (Triton), ``_kernels/cpu/<kernel>.c`` the C one; None without a fused backend.
     state:    param-shaped state tensors, in the update functions' list order.
-    scalars:  per-param 0-dim state lists after them (``step``); the C kernel advances the step.
+    scalars:  per-param 0-dim state lists after them, ``step`` last where there is one (the base
+              class appends the step list last); the C kernel advances the step.
     hyper:    the kernels' float hyperparameters, in ABI order: update keywords, or `derived`.
     flags:    the kernels' integer flags (bools), in ABI order: update keywords.
     triton_scalars: the scalar lists the Triton kernel reads (the step is advanced before it
               runs, by the fused backend); the others are not passed to it.
+    triton_counts_steps: the Triton step advances the step itself (NAdam's scalar kernel does,
+              with the product of momentum coefficients, in one launch).
     reads / writes: param-sized tensors one step reads and writes at least.
     """
 
@@ -55,6 +58,11 @@ class UpdateSpec:
     flags: tuple[str, ...] = ("maximize",)
     derived: Mapping[str, Derived] = field(default_factory=dict)
     triton_scalars: tuple[str, ...] = ("step",)
+    triton_counts_steps: bool = False
+
+    def __post_init__(self) -> None:
+        if "step" in self.scalars and self.scalars[-1] != "step":
+            raise ValueError(f"UpdateSpec({self.kernel}): 'step' must be the last scalar list")
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -64,6 +72,11 @@ class UpdateSpec:
     @property
     def has_step(self) -> bool:
         return "step" in self.scalars
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Per-param state besides ``step``, in list order: the param-shaped, then 0-dim."""
+        return self.state + tuple(name for name in self.scalars if name != "step")
 
     def c_defines(self) -> tuple[str, ...]:
         """The C kernel's names for its table rows, hyperparameters and flags, as -D options.

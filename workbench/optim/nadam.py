@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 
 from . import _backends
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._spec import UpdateSpec, decoupled_decay_factor
 
 
 def _mu(beta1: float, step: Any, momentum_decay: float) -> Any:
@@ -178,45 +179,19 @@ def _nadam_foreach(
         torch._foreach_addcdiv_(params, exp_avgs, denom, avg_sizes)
 
 
-def _nadam_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    mu_products: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    momentum_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "nadam"):
-        cpu_kernels.launch(
-            "nadam",
-            [params, grads, exp_avgs, exp_avg_sqs],
-            [steps, mu_products],
-            hyper=[
-                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay, momentum_decay)),
-                cpu_kernels.decay_factor(lr, weight_decay),
-            ],
-            flags=[decoupled_weight_decay, maximize],
-        )
-        return
-    from ._kernels.nadam import nadam_fused_step
-
-    nadam_fused_step(
-        params, grads, exp_avgs, exp_avg_sqs, mu_products, steps,
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-        momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="nadam",
+    state=("exp_avg", "exp_avg_sq"),
+    scalars=("mu_product", "step"),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "decay_factor"),
+    flags=("decoupled_weight_decay", "maximize"),
+    derived={"decay_factor": decoupled_decay_factor},
+    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq
+    reads=4,
+    writes=3,
+    triton_scalars=("mu_product", "step"),
+    triton_counts_steps=True,
+)
 
 
 class NAdam(WorkbenchOptimizer):
@@ -228,16 +203,12 @@ class NAdam(WorkbenchOptimizer):
 
     backends = ("forloop", "foreach", "fused", "compiled")
     # mu_product is a 0-dim tensor per param, not param-shaped: see _initial_state
-    cpu_kernel = "nadam"
-    state_names = ("exp_avg", "exp_avg_sq", "mu_product")
+    spec = SPEC
     update_functions = {
         "forloop": _nadam_forloop,
         "foreach": _nadam_foreach,
-        "fused": _nadam_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq (whatever the flags)
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

@@ -47,7 +47,7 @@ def update(spec: UpdateSpec) -> UpdateFn:
                 kernel, element, scalars, spec.c_hyper(keywords), spec.c_flags(keywords), defines
             )
             return
-        if spec.has_step:
+        if spec.has_step and not spec.triton_counts_steps:
             torch._foreach_add_(scalars[spec.scalars.index("step")], 1.0)
         hyper = {name: keywords[name] for name in (*spec.hyper, *spec.flags) if name in keywords}
         _triton_step(kernel)(*element, *(scalars[i] for i in triton_rows), **hyper)

@@ -2,10 +2,9 @@
  * forloop backend's order of operations; step and mu_product advanced per tensor first. */
 #include "multi_tensor.h"
 
-/* hyper: lr, beta1, beta2, eps, weight_decay, momentum_decay, 1 - lr * weight_decay (in lr's
- *        dtype: computed by the caller)
- * flags: decoupled_weight_decay, maximize, step dtype, mu_product dtype
- * table roles: param, grad, exp_avg, exp_avg_sq, step, mu_product */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from NAdam's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_H_DECAY_FACTOR is
+ * 1 - lr * weight_decay, in lr's dtype: computed by the caller. */
 typedef struct {
     T *const *param, *const *grad, *const *exp_avg, *const *exp_avg_sq;
     /* per tensor, from its own step: the two update coefficients and 1 - beta2^t */
@@ -55,31 +54,34 @@ static double nadam_mu(double beta1, double step, double momentum_decay) {
 
 WB_EXPORT(nadam)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                  int num_threads) {
-    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2], weight_decay = hyper[4];
-    const double momentum_decay = hyper[5];
-    const int decoupled = (int)flags[0];
+    const double lr = hyper[WB_H_LR], beta1 = hyper[WB_H_BETA1], beta2 = hyper[WB_H_BETA2];
+    const double weight_decay = hyper[WB_H_WEIGHT_DECAY];
+    const double momentum_decay = hyper[WB_H_MOMENTUM_DECAY];
+    const int decoupled = (int)flags[WB_F_DECOUPLED_WEIGHT_DECAY];
     const int64_t m = n > 0 ? n : 1;
     ACC grad_coef[m], avg_coef[m], bias_correction2[m];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[4 * n + t], flags[2]);
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
         const double mu = nadam_mu(beta1, step, momentum_decay);
         const double mu_next = nadam_mu(beta1, step + 1.0, momentum_decay);
         /* the product as stored (fp32 when torch keeps it so), as torch.optim reads it back */
-        const double product = wb_scale_scalar(table[5 * n + t], flags[3], mu);
+        const double product = wb_scale_scalar(table[WB_ROW_MU_PRODUCT * n + t], flags[WB_F_MU_PRODUCT_DTYPE], mu);
         grad_coef[t] = (ACC)(-lr * (1.0 - mu) / (1.0 - product));
         avg_coef[t] = (ACC)(-lr * mu_next / (1.0 - product * mu_next));
         bias_correction2[t] = (ACC)(1.0 - pow(beta2, step));
     }
     const nadam_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .exp_avg = (T *const *)(table + 2 * n), .exp_avg_sq = (T *const *)(table + 3 * n),
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
+        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
         .grad_coef = grad_coef, .avg_coef = avg_coef, .bias_correction2 = bias_correction2,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
-        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
+        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],
         .weight_decay = (ACC)weight_decay,
-        .decay_factor = decoupled && weight_decay != 0 ? (ACC)hyper[6] : (ACC)1,
-        .grad_sign = flags[1] ? (ACC)-1 : (ACC)1,
+        .decay_factor = decoupled && weight_decay != 0 ? (ACC)hyper[WB_H_DECAY_FACTOR] : (ACC)1,
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
         .coupled = !decoupled && weight_decay != 0,
     };
-    wb_parallel(table + 6 * n, n, num_threads, nadam_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, nadam_range, &ctx);
 }
