@@ -55,6 +55,21 @@ class OptimEntry:
     # fused backend takes GradScaler's grad_scale / found_inf (`fused_amp_scaling`), which
     # these tests then require; None: not declared, its configs torch.optim takes as they are
     amp_configs: list[dict[str, Any]] | None = None
+    # the fused C kernel's configs on big ragged tensors that two threads split
+    # (tests/test_fused_cpu.py): set for every optimizer with a CPU kernel (`cpu_kernel`), which
+    # that file requires; and the steps each of them takes there
+    fused_cpu_configs: list[dict[str, Any]] = field(default_factory=list)
+    fused_cpu_steps: int = 4
+    # the non-finite gradient tests' configs besides the default (tests/test_nonfinite.py): the
+    # flags that route through other code (weight decay added to the gradient, maximize, the
+    # optional buffers and their branches); and the backends not exact on non-finite values,
+    # each with why (backend -> reason)
+    nonfinite_configs: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite_skips: dict[str, str] = field(default_factory=dict)
+    # whether tests/test_compiled_codegen.py checks that the compiled backend computes this
+    # optimizer's per-step scalars (fp64 bias corrections: pow of the step count) outside the
+    # element loops
+    compiled_codegen: bool = False
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -121,6 +136,8 @@ ADAMAX = OptimEntry(
         ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    fused_cpu_configs=[{"weight_decay": 0.1, "maximize": True}],
+    nonfinite_configs=[{"weight_decay": 0.1, "maximize": True}],
 )
 
 ADADELTA = OptimEntry(
@@ -146,6 +163,8 @@ ADADELTA = OptimEntry(
         ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    fused_cpu_configs=[{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
+    nonfinite_configs=[{"weight_decay": 0.1, "maximize": True}],
 )
 
 ASGD = OptimEntry(
@@ -173,6 +192,16 @@ ASGD = OptimEntry(
         ({"lr": 1e-2, "weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    # averaging (mu < 1) from step 4 with t0 = 1, from step 3 with t0 = 0; an fp32 tensor lr
+    fused_cpu_configs=[
+        {"t0": 1, "lambd": 0.1, "weight_decay": 0.1, "maximize": True},
+        {"t0": 0, "lambd": 0.5, "alpha": 0.5, "lr": torch.tensor(0.05)},
+    ],
+    nonfinite_configs=[{"t0": 0, "weight_decay": 0.1, "maximize": True}],  # t0 = 0: averaging runs
+    nonfinite_skips={
+        "foreach": "folds the decay into the gradient as torch's foreach ASGD does: an inf "
+        "param gives inf - inf = nan where the forloop keeps inf (workbench/optim/asgd.py)",
+    },
 )
 
 RPROP = OptimEntry(
@@ -195,6 +224,16 @@ RPROP = OptimEntry(
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
     frozen={"lr": 0.0, "step_sizes": (0.0, 0.0)},
+    # step sizes that hit both clamps (and a min above the first step size), maximize
+    fused_cpu_configs=[
+        {"etas": (0.3, 1.7), "step_sizes": (1e-3, 0.02), "maximize": True},
+        {"lr": 1e-4, "etas": (0.5, 3.0), "step_sizes": (2e-4, 50)},
+    ],
+    nonfinite_configs=[{"maximize": True}],
+    nonfinite_skips={
+        "foreach": "prev = grad * keep: an inf gradient where the sign flipped stores nan, "
+        "not 0; exact would need a where per tensor (workbench/optim/rprop.py)",
+    },
 )
 
 NADAM = OptimEntry(
@@ -225,6 +264,15 @@ NADAM = OptimEntry(
         ({"lr": 1e-2, "momentum_decay": -0.2}, ValueError, "Invalid momentum_decay value: -0.2"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    fused_cpu_configs=[
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    nonfinite_configs=[
+        {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    compiled_codegen=True,
 )  # fmt: skip
 
 RADAM = OptimEntry(
@@ -252,6 +300,18 @@ RADAM = OptimEntry(
         ({"lr": 1e-2, "weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    # (rectified from step 6 on: see fused_cpu_steps)
+    fused_cpu_configs=[
+        {"betas": (0.0, 0.9), "weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    # 4 steps do not reach every form of the update: the rectified one starts at step 6
+    fused_cpu_steps=7,
+    nonfinite_configs=[
+        {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    compiled_codegen=True,
 )  # fmt: skip
 
 
@@ -303,6 +363,12 @@ ADAM = OptimEntry(
     ],
     errors=_ADAM_ERRORS,
     amp_configs=[{}, {"weight_decay": 0.1, "amsgrad": True, "maximize": True}],
+    fused_cpu_configs=[{}, {"amsgrad": True, "weight_decay": 0.1, "maximize": True}],
+    nonfinite_configs=[
+        {"weight_decay": 0.1, "amsgrad": True, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    compiled_codegen=True,
 )  # fmt: skip
 
 ADAMW = OptimEntry(
@@ -315,6 +381,8 @@ ADAMW = OptimEntry(
     ],
     errors=_ADAM_ERRORS,
     amp_configs=[{"lr": torch.tensor(0.01), "amsgrad": True}],
+    fused_cpu_configs=[{"weight_decay": 0.1, "amsgrad": True}],
+    nonfinite_configs=[{"amsgrad": True, "maximize": True}],
 )  # fmt: skip
 
 # torch.optim's refusals for its own `fused` flag (SGD, Adagrad, Adam, AdamW), on any device
@@ -358,6 +426,8 @@ SGD = OptimEntry(
         {"lr": 0.1, "weight_decay": 0.1},
         {"lr": 0.1, "momentum": 0.9},
     ],
+    fused_cpu_configs=[{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"lr": 0.05}],
+    nonfinite_configs=[{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True}],
 )  # fmt: skip
 
 ADAGRAD = OptimEntry(
@@ -387,6 +457,8 @@ ADAGRAD = OptimEntry(
         {"lr_decay": 0.5, "weight_decay": 0.1},
         {"lr": torch.tensor(0.05), "initial_accumulator_value": 0.1, "maximize": True},
     ],
+    fused_cpu_configs=[{"lr_decay": 0.01, "weight_decay": 0.1, "maximize": True}],
+    nonfinite_configs=[{"weight_decay": 0.1, "lr_decay": 0.01, "maximize": True}],
 )  # fmt: skip
 
 RMSPROP = OptimEntry(
@@ -416,6 +488,13 @@ RMSPROP = OptimEntry(
         ({"alpha": -0.1}, ValueError, "Invalid alpha value: -0.1"),
         ({"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
     ],
+    fused_cpu_configs=[
+        {},
+        {"centered": True, "weight_decay": 0.1, "maximize": True},
+        {"momentum": 0.9, "weight_decay": 0.1},
+        {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
+    ],
+    nonfinite_configs=[{"momentum": 0.9, "centered": True, "weight_decay": 0.1, "maximize": True}],
 )  # fmt: skip
 
 # torch's LBFGS configs (optim_inputs_func_lbfgs); ours add a short history (it fills, then

@@ -14,6 +14,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 import workbench.optim as W
+from tests.optim_table import TABLE
 
 _LOOP = re.compile(r"\bfor\s*\(")
 
@@ -47,7 +48,7 @@ def _generated_cpp(optimizer: torch.optim.Optimizer) -> str:
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("name", ["Adam", "NAdam", "RAdam"])
+@pytest.mark.parametrize("name", [e.name for e in TABLE if e.compiled_codegen])
 def test_step_scalars_are_computed_outside_the_element_loops(name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(4096, generator=gen).requires_grad_() for _ in range(2)]

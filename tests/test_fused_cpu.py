@@ -14,44 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.optim_table import TABLE
 from workbench.optim import OPTIMIZERS
 from workbench.optim._kernels import cpu as cpu_kernels
 from workbench.optim._kernels.cpu import build
 
 KERNEL_OPTIMIZERS = sorted(n for n, cls in OPTIMIZERS.items() if cls.cpu_kernel is not None)
 
-CONFIGS = {
-    "Adam": [{}, {"amsgrad": True, "weight_decay": 0.1, "maximize": True}],
-    "AdamW": [{"weight_decay": 0.1, "amsgrad": True}],
-    "Adamax": [{"weight_decay": 0.1, "maximize": True}],
-    "SGD": [{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"lr": 0.05}],
-    "Adagrad": [{"lr_decay": 0.01, "weight_decay": 0.1, "maximize": True}],
-    "NAdam": [{"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
-    "RMSprop": [
-        {},
-        {"centered": True, "weight_decay": 0.1, "maximize": True},
-        {"momentum": 0.9, "weight_decay": 0.1},
-        {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
-    ],
-    "Adadelta": [{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
-    # (rectified from step 6 on: see STEPS)
-    "RAdam": [
-        {"betas": (0.0, 0.9), "weight_decay": 0.1, "maximize": True},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True},
-    ],
-    # averaging (mu < 1) from step 4 with t0 = 1, from step 3 with t0 = 0; an fp32 tensor lr
-    "ASGD": [
-        {"t0": 1, "lambd": 0.1, "weight_decay": 0.1, "maximize": True},
-        {"t0": 0, "lambd": 0.5, "alpha": 0.5, "lr": torch.tensor(0.05)},
-    ],
-    # step sizes that hit both clamps (and a min above the first step size), maximize
-    "Rprop": [
-        {"etas": (0.3, 1.7), "step_sizes": (1e-3, 0.02), "maximize": True},
-        {"lr": 1e-4, "etas": (0.5, 3.0), "step_sizes": (2e-4, 50)},
-    ],
-}
-# steps taken where 4 do not reach every form of the update: RAdam's rectified one starts at step 6
-STEPS = {"RAdam": 7}
+# each optimizer's configs and steps here: its table entry's fused_cpu_configs / fused_cpu_steps
+CONFIGS = {e.name: e.fused_cpu_configs for e in TABLE if e.fused_cpu_configs}
+STEPS = {e.name: e.fused_cpu_steps for e in TABLE}
 
 
 @pytest.fixture
@@ -73,7 +45,7 @@ def _steps(name: str, config: dict, backend: str, dtype: torch.dtype, shapes: li
     params[2] = params[2].t()  # dense but transposed: walked in memory order
     opt = OPTIMIZERS[name](params, backend=backend, **config)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(STEPS.get(name, 4)):
+    for _ in range(STEPS[name]):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
         opt.step()
@@ -82,7 +54,7 @@ def _steps(name: str, config: dict, backend: str, dtype: torch.dtype, shapes: li
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize(
-    ("name", "config"), [(n, c) for n in KERNEL_OPTIMIZERS for c in CONFIGS[n]], ids=str
+    ("name", "config"), [(n, c) for n in KERNEL_OPTIMIZERS for c in CONFIGS.get(n, [])], ids=str
 )
 def test_threads_split_big_ragged_tensors_like_forloop(
     name: str, config: dict, dtype: torch.dtype, two_threads: None
@@ -136,13 +108,16 @@ def test_a_build_is_cached_once_per_kernel_and_dtype(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
-    first = build.load.__wrapped__("adamax", "f64")
+    defines = OPTIMIZERS["Adamax"].spec.c_defines()  # the ABI names its source reads
+    first = build.load.__wrapped__("adamax", "f64", defines)
     built = sorted(tmp_path.glob("*/*"))
-    assert [p.name for p in built] == [build.library_path("adamax", "f64").name]
+    assert [p.name for p in built] == [build.library_path("adamax", "f64", defines).name]
     mtime = built[0].stat().st_mtime_ns
-    second = build.load.__wrapped__("adamax", "f64")  # a new process would do this
+    second = build.load.__wrapped__("adamax", "f64", defines)  # a new process would do this
     assert built[0].stat().st_mtime_ns == mtime and sorted(tmp_path.glob("*/*")) == built
     assert first.adamax_f64 is not None and second.adamax_f64 is not None
+    # another ABI (a spec that changed its order) is another library, never the stale one
+    assert build.library_path("adamax", "f64", defines[::-1]).name != built[0].name
 
 
 def test_without_a_compiler_cpu_tensors_go_to_triton_or_are_refused(

@@ -19,43 +19,12 @@ from tests.optim_table import TABLE, OptimEntry, config_id
 ENTRIES = [e for e in TABLE if e.side_by_side is None and not e.matrices_only]
 ENTRIES = [e for e in ENTRIES if e.name != "Adafactor"]
 
-# Per optimizer, one config besides the default: the flags that route through other code
-# (weight decay added to the gradient, maximize, the optional buffers and their branches).
-OTHER_CONFIG: dict[str, list[dict[str, Any]]] = {
-    "Adamax": [{"weight_decay": 0.1, "maximize": True}],
-    "Adam": [
-        {"weight_decay": 0.1, "amsgrad": True, "maximize": True},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True},
-    ],
-    "AdamW": [{"amsgrad": True, "maximize": True}],
-    "Adadelta": [{"weight_decay": 0.1, "maximize": True}],
-    "ASGD": [{"t0": 0, "weight_decay": 0.1, "maximize": True}],  # t0 = 0: averaging runs
-    "Rprop": [{"maximize": True}],
-    "NAdam": [
-        {"weight_decay": 0.1, "maximize": True},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True},
-    ],
-    "RAdam": [
-        {"weight_decay": 0.1, "maximize": True},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True},
-    ],
-    "SGD": [{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True}],
-    "Adagrad": [{"weight_decay": 0.1, "lr_decay": 0.01, "maximize": True}],
-    "RMSprop": [{"momentum": 0.9, "centered": True, "weight_decay": 0.1, "maximize": True}],
-}
-
-# (optimizer, backend) pairs that are not exact on non-finite values, and why.
-EXCLUDED = {
-    ("ASGD", "foreach"): "folds the decay into the gradient as torch's foreach ASGD does: an inf "
-    "param gives inf - inf = nan where the forloop keeps inf (workbench/optim/asgd.py)",
-    ("Rprop", "foreach"): "prev = grad * keep: an inf gradient where the sign flipped stores nan, "
-    "not 0; exact would need a where per tensor (workbench/optim/rprop.py)",
-}
-
+# Per optimizer, the configs besides the default (its table entry's nonfinite_configs), and the
+# backends not exact on non-finite values, with why (its nonfinite_skips).
 CASES = [
     pytest.param(entry, config, id=f"{entry.name}-{config_id(config)}")
     for entry in ENTRIES
-    for config in [{}, *OTHER_CONFIG.get(entry.name, [])]
+    for config in [{}, *entry.nonfinite_configs]
 ]
 STEPS = 3
 
@@ -90,8 +59,8 @@ def _assert_same(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> No
 def _check(entry: OptimEntry, backend: str, config: dict[str, Any]) -> None:
     if backend not in entry.ours.backends:
         pytest.skip(f"{entry.name} has no {backend} backend")
-    if (entry.name, backend) in EXCLUDED:
-        pytest.skip(EXCLUDED[entry.name, backend])
+    if backend in entry.nonfinite_skips:
+        pytest.skip(entry.nonfinite_skips[backend])
     _assert_same(_run(entry, "forloop", config), _run(entry, backend, config))
 
 

@@ -152,10 +152,10 @@ def write_convergence_run(run_dir: Path) -> Path:
                         "error": None,
                     }
                 )
-    diverged = {**rows[0], "case_id": "diverged", "optimizer": "RAdam", "status": "diverged"}
+    diverged = {**rows[0], "case_id": "diverged", "optimizer": "Diverging", "status": "diverged"}
     diverged.update(loss_curve=[5.0, 40.0, 1e9, float("inf")], error="not finite after 3 steps")
     diverged.update(loss_time_s=[0.0, 1e-3, 2e-3], trajectory=[[-1.5, 2.0], [3.0, 9.0]])
-    failed = {**rows[0], "case_id": "failed", "optimizer": "Rprop", "status": "error"}
+    failed = {**rows[0], "case_id": "failed", "optimizer": "Failing", "status": "error"}
     failed.update(loss_curve=None, loss_time_s=None, trajectory=None, error=ERROR)
     return write_run(run_dir, [*rows, diverged, failed])
 
