@@ -21,7 +21,8 @@ _MACRO = re.compile(r"\bWB_(H|F|ROW)_(\w+)")
 
 
 def test_some_optimizers_are_declared_by_a_spec() -> None:
-    assert {"Adamax", "Adadelta", "Rprop", "RAdam", "NAdam"} <= set(SPECCED)
+    # every optimizer with a fused kernel, once the redesign is through; these so far
+    assert len(SPECCED) >= 8
 
 
 @pytest.mark.parametrize("name", sorted(SPECCED))
@@ -41,10 +42,12 @@ def test_class_attributes_follow_from_the_spec(name: str) -> None:
     spec = cls.spec
     assert cls.state_names == spec.state_names and cls.cpu_kernel == spec.kernel
     assert cls.minimal_bytes(1000, torch.float32) == (spec.reads + spec.writes) * 1000 * 4
-    # state_dict keys: step (where the spec counts steps) and the declared state
+    # state_dict keys under the default flags: step (where the spec counts steps) and the
+    # declared state, but what a flag turns on
     param = torch.nn.Parameter(torch.randn(4))
     param.grad = torch.randn(4)
     optimizer = cls([param], backend="forloop")
     optimizer.step()
     keys = set(optimizer.state_dict()["state"][0])
-    assert keys == {*spec.state_names, *(("step",) if spec.has_step else ())}
+    wanted = {*spec.state_names, *(("step",) if spec.has_step else ())} - set(spec.optional)
+    assert keys == wanted

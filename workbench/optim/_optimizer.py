@@ -81,6 +81,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             cls.tensors_read, cls.tensors_written = spec.reads, spec.writes
             cls.has_step = spec.has_step
             cls.cpu_kernel = spec.kernel
+            cls.fused_amp_scaling = spec.amp
 
     def __init__(
         self,

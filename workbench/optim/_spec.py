@@ -38,6 +38,8 @@ class UpdateSpec:
     kernel:   the fused kernels' name: ``_kernels/<kernel>.py`` defines ``<kernel>_fused_step``
               (Triton), ``_kernels/cpu/<kernel>.c`` the C one; None without a fused backend.
     state:    param-shaped state tensors, in the update functions' list order.
+    optional: those of them that a flag turns on (amsgrad's max_exp_avg_sq): absent from the
+              state and an empty list to the update otherwise.
     scalars:  per-param 0-dim state lists after them, ``step`` last where there is one (the base
               class appends the step list last); the C kernel advances the step.
     hyper:    the kernels' float hyperparameters, in ABI order: update keywords, or `derived`.
@@ -46,6 +48,10 @@ class UpdateSpec:
               runs, by the fused backend); the others are not passed to it.
     triton_counts_steps: the Triton step advances the step itself (NAdam's scalar kernel does,
               with the product of momentum coefficients, in one launch).
+    amp:      the fused kernels take torch.amp.GradScaler's grad_scale / found_inf, as torch's
+              fused Adam, AdamW, SGD and Adagrad do: they unscale the grads (and write them back
+              unscaled), and a step with an inf found is skipped and not counted. The C kernel
+              gets the scale as hyperparameter ``grad_scale`` (0: none).
     reads / writes: param-sized tensors one step reads and writes at least.
     """
 
@@ -54,11 +60,13 @@ class UpdateSpec:
     reads: int
     writes: int
     scalars: tuple[str, ...] = ("step",)
+    optional: tuple[str, ...] = ()
     hyper: tuple[str, ...] = ()
     flags: tuple[str, ...] = ("maximize",)
     derived: Mapping[str, Derived] = field(default_factory=dict)
     triton_scalars: tuple[str, ...] = ("step",)
     triton_counts_steps: bool = False
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if "step" in self.scalars and self.scalars[-1] != "step":

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import DEVICE_STEP_BACKENDS
+from ._backends import DEVICE_STEP_BACKENDS, fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 from .sgd import _check_fused_flags
 
 
@@ -94,47 +94,15 @@ def _adagrad_foreach(
     torch._foreach_addcdiv_(params, g, std, neg_decayed_lrs)
 
 
-def _adagrad_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "adagrad"):
-        scale = cpu_kernels.grad_scaler_scale(grad_scale, found_inf)
-        if scale is None:
-            return  # GradScaler found an inf: the step is skipped and does not count
-        cpu_kernels.launch(
-            "adagrad",
-            [params, grads, state_sums],
-            [steps],
-            hyper=[float(x) for x in (lr, lr_decay, weight_decay, eps, scale)],
-            flags=[maximize],
-        )
-        return
-    from ._kernels.adagrad import adagrad_fused_step
-
-    if found_inf is None:
-        torch._foreach_add_(steps, 1.0)
-    else:
-        # a step GradScaler skips does not count, and finding out needs no host sync
-        found_inf = found_inf.to(steps[0].device)
-        torch._foreach_add_(steps, (found_inf == 0).to(steps[0].dtype))
-    adagrad_fused_step(
-        params, grads, state_sums, steps,
-        lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
-        grad_scale=grad_scale, found_inf=found_inf,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="adagrad",
+    state=("sum",),
+    hyper=("lr", "lr_decay", "weight_decay", "eps", "grad_scale"),
+    # read param, grad, sum; write param, sum
+    reads=3,
+    writes=2,
+    amp=True,
+)
 
 
 class Adagrad(WorkbenchOptimizer):
@@ -145,17 +113,12 @@ class Adagrad(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "adagrad"
-    state_names = ("sum",)
-    fused_amp_scaling = True
+    spec = SPEC
     update_functions = {
         "forloop": _adagrad_forloop,
         "foreach": _adagrad_foreach,
-        "fused": _adagrad_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, sum; write param, sum
-    tensors_read = 3
-    tensors_written = 2
 
     def __init__(
         self,

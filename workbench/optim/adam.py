@@ -34,10 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._materialize import materialize
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec, decoupled_decay_factor
 
 Scalar = float | Tensor
 
@@ -210,55 +211,19 @@ def _adam_foreach(
         torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
-def _adam_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: Scalar,
-    beta1: Scalar,
-    beta2: Scalar,
-    eps: float,
-    weight_decay: Scalar,
-    amsgrad: bool,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "adam"):
-        scale = cpu_kernels.grad_scaler_scale(grad_scale, found_inf)
-        if scale is None:
-            return  # GradScaler found an inf: the step is skipped and does not count
-        cpu_kernels.launch(
-            "adam",
-            [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []),
-            [steps],
-            hyper=[
-                *(float(x) for x in (lr, beta1, beta2, eps, weight_decay, scale)),
-                cpu_kernels.decay_factor(lr, weight_decay),
-            ],
-            flags=[amsgrad, decoupled_weight_decay, maximize],
-        )
-        return
-    from ._kernels.adam import adam_fused_step
-
-    torch._foreach_add_(steps, 1.0)
-    adam_fused_step(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=float(weight_decay),
-        amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-        grad_scale=grad_scale, found_inf=found_inf,
-    )  # fmt: skip
-    if found_inf is not None:
-        # a step GradScaler skips does not count (the kernel wrote nothing)
-        # (the Tensor overload: `_foreach_sub_` would read found_inf on the host)
-        torch._foreach_add_(steps, found_inf.to(steps[0].device, non_blocking=True), alpha=-1)
+SPEC = UpdateSpec(
+    kernel="adam",
+    state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    optional=("max_exp_avg_sq",),  # amsgrad's
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "decay_factor"),
+    flags=("amsgrad", "decoupled_weight_decay", "maximize"),
+    derived={"decay_factor": decoupled_decay_factor},
+    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq (amsgrad: see
+    # tensors_moved)
+    reads=4,
+    writes=3,
+    amp=True,
+)
 
 
 def check_hyperparameters(
@@ -308,17 +273,12 @@ class Adam(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
-    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    fused_amp_scaling = True
-    cpu_kernel = "adam"
+    spec = SPEC
     update_functions = {
         "forloop": _adam_forloop,
         "foreach": _adam_foreach,
-        "fused": _adam_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq (amsgrad: see below)
-    tensors_read = 4
-    tensors_written = 3
 
     def __init__(
         self,

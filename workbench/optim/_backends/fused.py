@@ -30,6 +30,16 @@ def _triton_step(kernel: str) -> UpdateFn:
     return getattr(module, f"{kernel}_fused_step")
 
 
+def _count_step(steps: list[Tensor], found_inf: Tensor | None) -> None:
+    """One more step per param, on the device; none where GradScaler found an inf (known there
+    without a host sync)."""
+    if found_inf is None:
+        torch._foreach_add_(steps, 1.0)
+    else:
+        taken = found_inf.to(steps[0].device, non_blocking=True) == 0
+        torch._foreach_add_(steps, taken.to(steps[0].dtype))
+
+
 def update(spec: UpdateSpec) -> UpdateFn:
     """The fused update function for `spec`, with the signature every backend's has."""
     kernel = spec.kernel
@@ -39,17 +49,32 @@ def update(spec: UpdateSpec) -> UpdateFn:
     defines = spec.c_defines()
     triton_rows = [spec.scalars.index(name) for name in spec.triton_scalars]
 
+    passed = (*spec.hyper, *spec.flags)
+
     def fused(*tensor_lists: list[Tensor], **keywords: Any) -> None:
         element, scalars = tensor_lists[:n_roles], tensor_lists[n_roles:]
         params = element[0]
         if cpu_kernels.runs_on(params[0].device, kernel):
-            cpu_kernels.launch(
-                kernel, element, scalars, spec.c_hyper(keywords), spec.c_flags(keywords), defines
-            )
+            values = keywords
+            if spec.amp:
+                scale = cpu_kernels.grad_scaler_scale(
+                    keywords.get("grad_scale"), keywords.get("found_inf")
+                )
+                if scale is None:
+                    return  # GradScaler found an inf: the step is skipped and does not count
+                values = {**keywords, "grad_scale": scale}
+            # A list a flag turned off (amsgrad=False) arrives empty; its row of the C table is
+            # filled with the params so that every row has one index. The kernel's flag says it
+            # is never read.
+            rows = [role if role else params for role in element]
+            hyper, flags = spec.c_hyper(values), spec.c_flags(values)
+            cpu_kernels.launch(kernel, rows, scalars, hyper, flags, defines)
             return
         if spec.has_step and not spec.triton_counts_steps:
-            torch._foreach_add_(scalars[spec.scalars.index("step")], 1.0)
-        hyper = {name: keywords[name] for name in (*spec.hyper, *spec.flags) if name in keywords}
+            _count_step(scalars[-1], keywords.get("found_inf") if spec.amp else None)
+        hyper = {name: keywords[name] for name in passed if name in keywords}
+        if spec.amp:  # None when no GradScaler drives the step
+            hyper |= {name: keywords.get(name) for name in ("grad_scale", "found_inf")}
         _triton_step(kernel)(*element, *(scalars[i] for i in triton_rows), **hyper)
 
     fused.__name__ = f"_{kernel}_fused"

@@ -109,12 +109,18 @@ def launch(
     # (contiguous everywhere is the usual case, and far cheaper to check than flat_dense)
     if not all(t.is_contiguous() for role in roles for t in role):
         roles = [list(role) for role in element_roles]  # (the caller's lists stay as they are)
+        # one copy per tensor, written back once: a list may stand in for another (a row the
+        # kernel does not read, filled with the params)
+        copies: dict[int, Tensor] = {}
         for i in range(n):
             if roles[0][i].numel() and not flat_dense([role[i] for role in roles]):
                 for role in roles:
                     original = role[i]
-                    role[i] = original.contiguous()
-                    write_back.append((original, role[i]))
+                    copy = copies.get(id(original))
+                    if copy is None:
+                        copy = copies[id(original)] = original.contiguous()
+                        write_back.append((original, copy))
+                    role[i] = copy
     scalar_flags = []
     for row in scalar_roles:
         dtypes = {s.dtype for s in row}

@@ -2,9 +2,9 @@
  * backend's order of operations. */
 #include "multi_tensor.h"
 
-/* hyper: lr, lr_decay, weight_decay, eps, grad_scale (0: none)
- * flags: maximize, step dtype
- * table roles: param, grad, state_sum, step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from Adagrad's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_H_GRAD_SCALE is GradScaler's
+ * scale (0: none). */
 typedef struct {
     T *const *param, *const *grad, *const *state_sum;
     const ACC *neg_clr; /* per tensor: -lr / (1 + (step - 1) * lr_decay) */
@@ -39,18 +39,20 @@ static void adagrad_range(const void *raw, int64_t t, int64_t begin, int64_t end
 
 WB_EXPORT(adagrad)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                    int num_threads) {
-    const double lr = hyper[0], lr_decay = hyper[1];
+    const double lr = hyper[WB_H_LR], lr_decay = hyper[WB_H_LR_DECAY];
+    const double weight_decay = hyper[WB_H_WEIGHT_DECAY], grad_scale = hyper[WB_H_GRAD_SCALE];
     ACC neg_clr[n > 0 ? n : 1];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[3 * n + t], flags[1]);
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
         neg_clr[t] = (ACC)(-(lr / (1.0 + (step - 1.0) * lr_decay)));
     }
     const adagrad_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .state_sum = (T *const *)(table + 2 * n), .neg_clr = neg_clr,
-        .weight_decay = (ACC)hyper[2], .eps = (ACC)hyper[3], .grad_scale = (ACC)hyper[4],
-        .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
-        .unscale = hyper[4] != 0, .coupled = hyper[2] != 0,
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .state_sum = (T *const *)(table + WB_ROW_SUM * n), .neg_clr = neg_clr,
+        .weight_decay = (ACC)weight_decay, .eps = (ACC)hyper[WB_H_EPS],
+        .grad_scale = (ACC)grad_scale, .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
+        .unscale = grad_scale != 0, .coupled = weight_decay != 0,
     };
-    wb_parallel(table + 4 * n, n, num_threads, adagrad_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, adagrad_range, &ctx);
 }

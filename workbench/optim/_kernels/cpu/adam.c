@@ -6,10 +6,10 @@
  */
 #include "multi_tensor.h"
 
-/* hyper: lr, beta1, beta2, eps, weight_decay, grad_scale (0: none), 1 - lr * weight_decay (in
- *        lr's dtype: computed by the caller)
- * flags: amsgrad, decoupled_weight_decay, maximize, step dtype
- * table roles: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq,] step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from Adam's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_H_GRAD_SCALE is GradScaler's
+ * scale (0: none); WB_H_DECAY_FACTOR is 1 - lr * weight_decay, in lr's dtype: computed by the
+ * caller. Without amsgrad the max_exp_avg_sq row holds stand-ins, never read. */
 typedef struct {
     T *const *param, *const *grad, *const *exp_avg, *const *exp_avg_sq, *const *max_exp_avg_sq;
     const ACC *neg_step_size, *bc2_sqrt; /* per tensor, from its own step */
@@ -59,25 +59,28 @@ static void adam_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
 
 WB_EXPORT(adam)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                 int num_threads) {
-    const int amsgrad = (int)flags[0];
-    const int64_t roles = amsgrad ? 5 : 4;
-    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
+    const int amsgrad = (int)flags[WB_F_AMSGRAD], decoupled = (int)flags[WB_F_DECOUPLED_WEIGHT_DECAY];
+    const double lr = hyper[WB_H_LR], beta1 = hyper[WB_H_BETA1], beta2 = hyper[WB_H_BETA2];
+    const double weight_decay = hyper[WB_H_WEIGHT_DECAY], grad_scale = hyper[WB_H_GRAD_SCALE];
     ACC neg_step_size[n > 0 ? n : 1], bc2_sqrt[n > 0 ? n : 1];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[roles * n + t], flags[3]);
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
         neg_step_size[t] = (ACC)(-(lr / (1.0 - pow(beta1, step))));
         bc2_sqrt[t] = (ACC)pow(1.0 - pow(beta2, step), 0.5); /* Python's `** 0.5` */
     }
     const adam_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .exp_avg = (T *const *)(table + 2 * n), .exp_avg_sq = (T *const *)(table + 3 * n),
-        .max_exp_avg_sq = (T *const *)(table + 4 * n),
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
+        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
+        .max_exp_avg_sq = (T *const *)(table + WB_ROW_MAX_EXP_AVG_SQ * n),
         .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
-        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[3],
-        .weight_decay = (ACC)hyper[4], .decay_factor = flags[1] ? (ACC)hyper[6] : (ACC)1,
-        .grad_scale = (ACC)hyper[5], .grad_sign = flags[2] ? (ACC)-1 : (ACC)1,
-        .amsgrad = amsgrad, .coupled = !flags[1] && hyper[4] != 0, .unscale = hyper[5] != 0,
+        .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],
+        .weight_decay = (ACC)weight_decay,
+        .decay_factor = decoupled ? (ACC)hyper[WB_H_DECAY_FACTOR] : (ACC)1,
+        .grad_scale = (ACC)grad_scale, .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
+        .amsgrad = amsgrad, .coupled = !decoupled && weight_decay != 0, .unscale = grad_scale != 0,
     };
-    wb_parallel(table + (roles + 1) * n, n, num_threads, adam_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, adam_range, &ctx);
 }
