@@ -43,7 +43,7 @@ class UpdateSpec:
     scalars:  per-param 0-dim state lists after them, ``step`` last where there is one (the base
               class appends the step list last); the C kernel advances the step.
     hyper:    the kernels' float hyperparameters, in ABI order: update keywords, or `derived`.
-    flags:    the kernels' integer flags (bools), in ABI order: update keywords.
+    flags:    the kernels' integer flags (bools), in ABI order: update keywords, or `derived`.
     triton_scalars: the scalar lists the Triton kernel reads (the step is advanced before it
               runs, by the fused backend); the others are not passed to it.
     triton_counts_steps: the Triton step advances the step itself (NAdam's scalar kernel does,
@@ -108,4 +108,8 @@ class UpdateSpec:
         ]
 
     def c_flags(self, values: Mapping[str, Any]) -> list[int]:
-        return [int(bool(values[name])) for name in self.flags]
+        """The integer flags in ABI order, from the update's keywords (or `derived`)."""
+        return [
+            int(bool(self.derived[name](values) if name in self.derived else values[name]))
+            for name in self.flags
+        ]

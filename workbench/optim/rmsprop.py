@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 
 
 def _rmsprop_forloop(
@@ -136,48 +137,18 @@ def _rmsprop_foreach(
         torch._foreach_addcdiv_(params, g, avg, value=-float(lr))
 
 
-def _rmsprop_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    grad_avgs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "rmsprop"):
-        # the optional buffers are roles only when their flag is on (their lists are empty then)
-        roles = [params, grads, square_avgs]
-        if momentum > 0:
-            roles.append(momentum_buffers)
-        if centered:
-            roles.append(grad_avgs)
-        cpu_kernels.launch(
-            "rmsprop",
-            roles,
-            [steps],
-            hyper=[float(x) for x in (lr, alpha, eps, weight_decay, momentum)],
-            flags=[momentum > 0, centered, maximize],
-        )
-        return
-    from ._kernels.rmsprop import rmsprop_fused_step
-
-    torch._foreach_add_(steps, 1.0)  # the math does not read it: no need to pass it to the kernel
-    rmsprop_fused_step(
-        params, grads, square_avgs, momentum_buffers if momentum > 0 else None,
-        grad_avgs if centered else None,
-        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-        maximize=maximize,
-    )  # fmt: skip
+SPEC = UpdateSpec(
+    kernel="rmsprop",
+    state=("square_avg", "momentum_buffer", "grad_avg"),
+    optional=("momentum_buffer", "grad_avg"),  # with momentum > 0, and centered
+    hyper=("lr", "alpha", "eps", "weight_decay", "momentum"),
+    flags=("has_momentum", "centered", "maximize"),
+    derived={"has_momentum": lambda hyper: hyper["momentum"] > 0},
+    # plain (no momentum, not centered): read param, grad, square_avg; write param, square_avg
+    reads=3,
+    writes=2,
+    triton_scalars=(),  # the math does not read the step
+)
 
 
 class RMSprop(WorkbenchOptimizer):
@@ -188,16 +159,12 @@ class RMSprop(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "rmsprop"
-    state_names = ("square_avg", "momentum_buffer", "grad_avg")
+    spec = SPEC
     update_functions = {
         "forloop": _rmsprop_forloop,
         "foreach": _rmsprop_foreach,
-        "fused": _rmsprop_fused,
+        "fused": fused.update(SPEC),
     }
-    # plain (no momentum, not centered): read param, grad, square_avg; write param, square_avg
-    tensors_read = 3
-    tensors_written = 2
 
     def __init__(
         self,

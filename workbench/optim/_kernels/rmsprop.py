@@ -115,14 +115,19 @@ def rmsprop_fused_step(
     weight_decay: float,
     momentum: float,
     maximize: bool,
+    centered: bool | None = None,
 ) -> None:
-    """Update all tensors of one (device, dtype) group in one launch. momentum_buffers is None
-    without momentum, grad_avgs None when not centered."""
+    """Update all tensors of one (device, dtype) group in one launch. momentum_buffers is empty
+    (or None) without momentum, grad_avgs when not centered: the lists say which buffers there
+    are, and `centered` (the flag the fused backend passes along) must agree."""
+    if centered is not None and centered != bool(grad_avgs):
+        given = len(grad_avgs or [])
+        raise ValueError(f"rmsprop_fused_step: centered={centered} with {given} grad_avgs")
     lr_is_tensor = isinstance(lr, Tensor)
     if lr_is_tensor and lr.device != params[0].device:
         lr = lr.to(params[0].device)
     roles = [params, grads, square_avgs]
-    roles += [r for r in (momentum_buffers, grad_avgs) if r is not None]
+    roles += [r for r in (momentum_buffers, grad_avgs) if r]
     # floats, always (an int weight_decay=0 would be typed i32 and compile a second kernel).
     # 1 - alpha is taken here, in double: from alpha rounded to fp32 it would be 1e-6 off.
     lr_pair = (lr, 0.0) if lr_is_tensor else _precise.split(float(lr))
@@ -133,6 +138,6 @@ def rmsprop_fused_step(
         roles,
         (),
         *lr_pair, *scalars,
-        MAXIMIZE=maximize, HAS_MOMENTUM=momentum_buffers is not None,
-        CENTERED=grad_avgs is not None, LR_IS_TENSOR=lr_is_tensor,
+        MAXIMIZE=maximize, HAS_MOMENTUM=bool(momentum_buffers),
+        CENTERED=bool(grad_avgs), LR_IS_TENSOR=lr_is_tensor,
     )  # fmt: skip

@@ -4,9 +4,10 @@
  * keeps counting them, and one call is cheaper than a separate foreach add. */
 #include "multi_tensor.h"
 
-/* hyper: lr, alpha, eps, weight_decay, momentum
- * flags: has_momentum (momentum > 0), centered, maximize, step dtype
- * table roles: param, grad, square_avg, [momentum_buffer,] [grad_avg,] step */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from RMSprop's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_F_HAS_MOMENTUM is momentum > 0;
+ * without it (or without centered) the momentum_buffer (grad_avg) row holds stand-ins, never
+ * read. */
 typedef struct {
     T *const *param, *const *grad, *const *square_avg, *const *momentum_buffer, *const *grad_avg;
     ACC neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum, grad_sign;
@@ -60,20 +61,21 @@ static void rmsprop_range(const void *raw, int64_t t, int64_t begin, int64_t end
 
 WB_EXPORT(rmsprop)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                    int num_threads) {
-    const int has_momentum = flags[0] != 0, centered = flags[1] != 0;
-    /* the optional roles are packed: grad_avg follows square_avg directly without momentum */
-    const int64_t step_row = 3 + has_momentum + centered;
-    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[step_row * n + t], flags[3]);
-    const double alpha = hyper[1];
+    const int has_momentum = flags[WB_F_HAS_MOMENTUM] != 0, centered = flags[WB_F_CENTERED] != 0;
+    for (int64_t t = 0; t < n; ++t)
+        wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
+    const double alpha = hyper[WB_H_ALPHA], weight_decay = hyper[WB_H_WEIGHT_DECAY];
     const rmsprop_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .square_avg = (T *const *)(table + 2 * n),
-        .momentum_buffer = (T *const *)(table + 3 * n),
-        .grad_avg = (T *const *)(table + (3 + has_momentum) * n),
-        .neg_lr = (ACC)(-hyper[0]), .alpha = (ACC)alpha, .one_minus_alpha = (ACC)(1.0 - alpha),
-        .eps = (ACC)hyper[2], .weight_decay = (ACC)hyper[3], .momentum = (ACC)hyper[4],
-        .grad_sign = flags[2] ? (ACC)-1 : (ACC)1,
-        .has_momentum = has_momentum, .centered = centered, .coupled = hyper[3] != 0,
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .square_avg = (T *const *)(table + WB_ROW_SQUARE_AVG * n),
+        .momentum_buffer = (T *const *)(table + WB_ROW_MOMENTUM_BUFFER * n),
+        .grad_avg = (T *const *)(table + WB_ROW_GRAD_AVG * n),
+        .neg_lr = (ACC)(-hyper[WB_H_LR]), .alpha = (ACC)alpha,
+        .one_minus_alpha = (ACC)(1.0 - alpha), .eps = (ACC)hyper[WB_H_EPS],
+        .weight_decay = (ACC)weight_decay, .momentum = (ACC)hyper[WB_H_MOMENTUM],
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
+        .has_momentum = has_momentum, .centered = centered, .coupled = weight_decay != 0,
     };
-    wb_parallel(table + (step_row + 1) * n, n, num_threads, rmsprop_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, rmsprop_range, &ctx);
 }
