@@ -18,8 +18,8 @@ Every case is also compared with a reference run: torch.optim's class of that na
 for an optimizer torch.optim lacks). ``distance_curve`` is the relative distance between the two
 param vectors after each step and ``distance_to_reference`` its largest value: a correct backend
 shows rounding (0 or ~1e-8 per step in float32, which some dynamics amplify: torch's own foreach
-NAdam ends 5e-4 from its forloop on the quadratic), a peer with other defaults or a wrong formula
-shows a real difference from the first step on.
+backend of one Adam variant ends 5e-4 from its forloop on the quadratic), a peer with other
+defaults or a wrong formula shows a real difference from the first step on.
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             return
         if backend == "compiled":
             update = _backends.compiled(self.update_functions["forloop"], self.inductor_options)
-            # (Rprop's update takes no lr: lr only set its initial step sizes)
+            # (an update may take no lr: one whose lr only initialised its state)
             if "lr" in hyper and not isinstance(hyper["lr"], Tensor):
                 hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
             # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element

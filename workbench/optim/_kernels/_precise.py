@@ -2,7 +2,7 @@
 
 Triton's `tl.sqrt` is the fast approximate square root for fp32, and `/` may be an approximate
 division; torch's kernels round both correctly. For an optimizer that divides by a root every
-step (Adagrad, RMSprop) the IEEE versions keep the fused backend within an ulp of torch. They cost
+step (the adaptive ones) the IEEE versions keep the fused backend within an ulp of torch. They cost
 a few instructions in a kernel that waits on memory. fp64 has only the IEEE versions.
 """
 
@@ -35,8 +35,9 @@ def split(x: float) -> tuple[float, float]:
     """`x` as two fp32 values whose sum is `x` to about 48 bits, for `widen` in a kernel.
 
     Triton passes a Python float to a kernel as fp32. An fp64 update would see that rounding: an
-    alpha of 0.99 is 1e-8 off, and 1 - alpha, or a quantity that cancels, much more (seen: RMSprop
-    in fp64 a few 1e-6 off torch after six steps). The remainder carries what fp32 drops.
+    alpha of 0.99 is 1e-8 off, and 1 - alpha, or a quantity that cancels, much more (seen: an
+    adaptive optimizer's fp64 step a few 1e-6 off torch after six steps). The remainder carries
+    what fp32 drops.
     """
     hi = float(np.float32(x))
     return hi, x - hi

@@ -97,7 +97,7 @@ def launch(
 
     element_roles: param, grad and state lists, all of one dtype and shape tensor by tensor.
     scalar_roles:  lists of per-param 0-dim fp32/fp64 tensors the kernel reads and advances
-                   (the step counters; NAdam's mu_product), or none.
+                   (the step counters, other 0-dim state), or none.
     hyper, flags:  the kernel's float hyperparameters and integer flags, in its order; each
                    scalar role's dtype is appended to the flags here.
     defines:       macros the kernel is compiled with: its UpdateSpec's names for those orders.
