@@ -48,6 +48,6 @@ def test_class_attributes_follow_from_the_spec(name: str) -> None:
     param.grad = torch.randn(4)
     optimizer = cls([param], backend="forloop")
     optimizer.step()
-    keys = set(optimizer.state_dict()["state"][0])
+    keys = set(optimizer.state_dict()["state"].get(0, {}))  # (a stateless step keeps no entry)
     wanted = {*spec.state_names, *(("step",) if spec.has_step else ())} - set(spec.optional)
     assert keys == wanted

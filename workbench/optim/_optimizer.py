@@ -82,6 +82,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
             cls.has_step = spec.has_step
             cls.cpu_kernel = spec.kernel
             cls.fused_amp_scaling = spec.amp
+            cls.lazy_state = spec.lazy
 
     def __init__(
         self,

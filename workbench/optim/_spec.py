@@ -40,6 +40,9 @@ class UpdateSpec:
     state:    param-shaped state tensors, in the update functions' list order.
     optional: those of them that a flag turns on (amsgrad's max_exp_avg_sq): absent from the
               state and an empty list to the update otherwise.
+    lazy:     those of them the update creates at a param's first step, from that step's data
+              (SGD's momentum buffer): None in their list until then. The fused backend
+              allocates them and calls the kernel with ``first_step`` true for those params.
     scalars:  per-param 0-dim state lists after them, ``step`` last where there is one (the base
               class appends the step list last); the C kernel advances the step.
     hyper:    the kernels' float hyperparameters, in ABI order: update keywords, or `derived`.
@@ -61,6 +64,7 @@ class UpdateSpec:
     writes: int
     scalars: tuple[str, ...] = ("step",)
     optional: tuple[str, ...] = ()
+    lazy: tuple[str, ...] = ()
     hyper: tuple[str, ...] = ()
     flags: tuple[str, ...] = ("maximize",)
     derived: Mapping[str, Derived] = field(default_factory=dict)

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._backends import fused
 from ._foreach import foreach_grads
-from ._kernels import cpu as cpu_kernels
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 
 
 def _sgd_forloop(
@@ -114,102 +115,21 @@ def _sgd_foreach(
     torch._foreach_add_(params, g, alpha=-float(lr))
 
 
-def _sgd_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    *,
-    lr: float | Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float | Tensor,
-    nesterov: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "sgd"):
-        _sgd_fused_cpu(
-            params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
-            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-            grad_scale=grad_scale, found_inf=found_inf,
-        )  # fmt: skip
-        return
-    from ._kernels.sgd import sgd_fused_step
-
-    hyper = {
-        "lr": lr,
-        "momentum": momentum,
-        "dampening": dampening,
-        "weight_decay": float(weight_decay),
-        "nesterov": nesterov,
-        "maximize": maximize,
-        "grad_scale": grad_scale,
-        "found_inf": found_inf,
-    }
-    if momentum == 0:
-        sgd_fused_step(params, grads, None, first_step=False, **hyper)
-        return
-    new = [i for i, b in enumerate(momentum_buffers) if b is None]
-    old = [i for i, b in enumerate(momentum_buffers) if b is not None]
-    if new and found_inf is not None and bool(found_inf):
-        # A skipped first step must leave no buffer behind (torch's fused SGD leaves an
-        # uninitialized one). Knowing that costs one host sync, at a param's first step only.
-        return
-    for i in new:
-        momentum_buffers[i] = torch.empty_like(grads[i])
-    # the first step writes the buffer without reading it: its own kernel variant (one launch
-    # when all params start together, two only while some join later)
-    for first_step, part in ((True, new), (False, old)):
-        if part:
-            sgd_fused_step(
-                [params[i] for i in part],
-                [grads[i] for i in part],
-                [momentum_buffers[i] for i in part],
-                first_step=first_step,
-                **hyper,
-            )
-
-
-def _sgd_fused_cpu(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    *,
-    lr: float | Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float | Tensor,
-    nesterov: bool,
-    maximize: bool,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-) -> None:
-    """The fused step on CPU tensors: the C kernel (_kernels/cpu/sgd.c)."""
-    scale = cpu_kernels.grad_scaler_scale(grad_scale, found_inf)
-    if scale is None:
-        return  # GradScaler found an inf: the step is skipped (and starts no buffer)
-    hyper = [float(x) for x in (lr, momentum, dampening, weight_decay, scale)]
-    if momentum == 0:
-        cpu_kernels.launch("sgd", [params, grads], [], hyper, flags=[0, 0, nesterov, maximize])
-        return
-    new = [i for i, b in enumerate(momentum_buffers) if b is None]
-    for i in new:
-        momentum_buffers[i] = torch.empty_like(grads[i])
-    if not new or len(new) == len(params):
-        # the first step writes the buffers without reading them: its own specialized loop
-        cpu_kernels.launch(
-            "sgd", [params, grads, momentum_buffers], [], hyper,
-            flags=[1, bool(new), nesterov, maximize],
-        )  # fmt: skip
-        return
-    starting = set(new)
-    old = [i for i in range(len(params)) if i not in starting]
-    for first_step, part in ((1, new), (0, old)):
-        roles = [[lst[i] for i in part] for lst in (params, grads, momentum_buffers)]
-        cpu_kernels.launch("sgd", roles, [], hyper, flags=[1, first_step, nesterov, maximize])
+SPEC = UpdateSpec(
+    kernel="sgd",
+    state=("momentum_buffer",),
+    optional=("momentum_buffer",),  # no state at all without momentum
+    lazy=("momentum_buffer",),  # a copy of the first grad
+    scalars=(),
+    hyper=("lr", "momentum", "dampening", "weight_decay", "grad_scale"),
+    flags=("has_momentum", "first_step", "nesterov", "maximize"),
+    derived={"has_momentum": lambda hyper: hyper["momentum"] != 0},
+    # without momentum (the default): read param, grad; write param
+    reads=2,
+    writes=1,
+    triton_scalars=(),
+    amp=True,
+)
 
 
 class SGD(WorkbenchOptimizer):
@@ -220,19 +140,12 @@ class SGD(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "sgd"
-    state_names = ("momentum_buffer",)
-    lazy_state = ("momentum_buffer",)
-    has_step = False
-    fused_amp_scaling = True
+    spec = SPEC
     update_functions = {
         "forloop": _sgd_forloop,
         "foreach": _sgd_foreach,
-        "fused": _sgd_fused,
+        "fused": fused.update(SPEC),
     }
-    # without momentum (the default): read param, grad; write param
-    tensors_read = 2
-    tensors_written = 1
 
     def __init__(
         self,

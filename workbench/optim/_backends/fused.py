@@ -48,11 +48,11 @@ def update(spec: UpdateSpec) -> UpdateFn:
     n_roles = len(spec.roles)
     defines = spec.c_defines()
     triton_rows = [spec.scalars.index(name) for name in spec.triton_scalars]
-
+    lazy_rows = [spec.roles.index(name) for name in spec.lazy]
     passed = (*spec.hyper, *spec.flags)
 
-    def fused(*tensor_lists: list[Tensor], **keywords: Any) -> None:
-        element, scalars = tensor_lists[:n_roles], tensor_lists[n_roles:]
+    def call(element: list[list[Tensor]], scalars: list[list[Tensor]], keywords: dict) -> None:
+        """One kernel call over these lists: C on CPU tensors, else Triton."""
         params = element[0]
         if cpu_kernels.runs_on(params[0].device, kernel):
             values = keywords
@@ -76,6 +76,37 @@ def update(spec: UpdateSpec) -> UpdateFn:
         if spec.amp:  # None when no GradScaler drives the step
             hyper |= {name: keywords.get(name) for name in ("grad_scale", "found_inf")}
         _triton_step(kernel)(*element, *(scalars[i] for i in triton_rows), **hyper)
+
+    def fused(*tensor_lists: list[Tensor], **keywords: Any) -> None:
+        element, scalars = list(tensor_lists[:n_roles]), list(tensor_lists[n_roles:])
+        if not lazy_rows or not element[lazy_rows[0]]:
+            # no lazy state, or none kept under these flags (SGD without momentum)
+            call(element, scalars, {**keywords, "first_step": False} if lazy_rows else keywords)
+            return
+        # State made at a param's first step (SGD's momentum buffer) is None until then: the
+        # kernel writes it without reading it, a variant of its own (flag `first_step`). One
+        # call when all params start together, two only while some join later.
+        created = element[lazy_rows[0]]
+        new = [i for i, t in enumerate(created) if t is None]
+        if new:
+            found_inf = keywords.get("found_inf") if spec.amp else None
+            if found_inf is not None and bool(found_inf):
+                # a skipped first step leaves no state behind (torch's fused SGD leaves an
+                # uninitialized buffer); knowing it costs a host sync, at a first step only
+                return
+            for row in lazy_rows:
+                for i in new:
+                    element[row][i] = torch.empty_like(element[1][i])
+        old = [i for i in range(len(created)) if i not in set(new)]
+        for first_step, part in ((True, new), (False, old)):
+            if not part:
+                continue
+            if len(part) == len(element[0]):
+                call(element, scalars, {**keywords, "first_step": first_step})
+            else:
+                sliced = [[role[i] for i in part] if role else role for role in element]
+                rows = [[row[i] for i in part] for row in scalars]
+                call(sliced, rows, {**keywords, "first_step": first_step})
 
     fused.__name__ = f"_{kernel}_fused"
     fused.__qualname__ = fused.__name__

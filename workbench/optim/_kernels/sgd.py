@@ -116,8 +116,8 @@ def sgd_fused_step(
 ) -> None:
     """Update all tensors of one (device, dtype) group in one launch.
 
-    momentum_buffers: None without momentum; with it, allocated buffers, which the kernel only
-    writes when `first_step`.
+    momentum_buffers: empty (or None) without momentum; with it, allocated buffers, which the
+    kernel only writes when `first_step`.
     """
     device = params[0].device
     lr_is_tensor = isinstance(lr, Tensor)
@@ -127,16 +127,18 @@ def sgd_fused_step(
         grad_scale = grad_scale.to(device)
     if found_inf is not None and found_inf.device != device:
         found_inf = found_inf.to(device)
-    roles = (params, grads) if momentum_buffers is None else (params, grads, momentum_buffers)
+    has_momentum = bool(momentum_buffers)
+    roles = (params, grads, momentum_buffers) if has_momentum else (params, grads)
     # 1 - dampening is taken here, in double, not from dampening rounded to fp32
     lr_pair = (lr, 0.0) if lr_is_tensor else _precise.split(float(lr))
-    scalars = [half for x in (momentum, 1 - dampening, weight_decay) for half in _precise.split(x)]
+    hyper = (momentum, 1 - dampening, float(weight_decay))  # (a tensor weight decay is read here)
+    scalars = [half for x in hyper for half in _precise.split(x)]
     launch(
         sgd_kernel,
         roles,
         (),
         *lr_pair, *scalars, grad_scale, found_inf,
-        MAXIMIZE=maximize, HAS_MOMENTUM=momentum_buffers is not None, FIRST_STEP=first_step,
+        MAXIMIZE=maximize, HAS_MOMENTUM=has_momentum, FIRST_STEP=first_step,
         NESTEROV=nesterov, LR_IS_TENSOR=lr_is_tensor, HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
     )  # fmt: skip

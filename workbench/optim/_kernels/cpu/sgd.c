@@ -2,9 +2,10 @@
  * backend's order of operations. */
 #include "multi_tensor.h"
 
-/* hyper: lr, momentum, dampening, weight_decay, grad_scale (0: none)
- * flags: has_momentum, first_step (the buffers are new: written, not read), nesterov, maximize
- * table roles: param, grad, [momentum_buffer] (no step counters) */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from SGD's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_H_GRAD_SCALE is GradScaler's
+ * scale (0: none); WB_F_FIRST_STEP: the buffers are new (written, not read). Without momentum
+ * the momentum_buffer row holds stand-ins, never read. No step counters. */
 typedef struct {
     T *const *param, *const *grad, *const *buf;
     ACC neg_lr, momentum, one_minus_dampening, weight_decay, grad_scale, grad_sign;
@@ -49,15 +50,19 @@ static void sgd_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
 
 WB_EXPORT(sgd)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                int num_threads) {
-    const int has_momentum = (int)flags[0];
+    const int has_momentum = (int)flags[WB_F_HAS_MOMENTUM];
+    const double weight_decay = hyper[WB_H_WEIGHT_DECAY], grad_scale = hyper[WB_H_GRAD_SCALE];
     const sgd_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .buf = (T *const *)(table + 2 * n),
-        .neg_lr = (ACC)(-hyper[0]), .momentum = (ACC)hyper[1],
-        .one_minus_dampening = (ACC)(1.0 - hyper[2]), .weight_decay = (ACC)hyper[3],
-        .grad_scale = (ACC)hyper[4], .grad_sign = flags[3] ? (ACC)-1 : (ACC)1,
-        .has_momentum = has_momentum, .first_step = has_momentum && flags[1],
-        .nesterov = has_momentum && flags[2], .unscale = hyper[4] != 0, .coupled = hyper[3] != 0,
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .buf = (T *const *)(table + WB_ROW_MOMENTUM_BUFFER * n),
+        .neg_lr = (ACC)(-hyper[WB_H_LR]), .momentum = (ACC)hyper[WB_H_MOMENTUM],
+        .one_minus_dampening = (ACC)(1.0 - hyper[WB_H_DAMPENING]),
+        .weight_decay = (ACC)weight_decay, .grad_scale = (ACC)grad_scale,
+        .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1, .has_momentum = has_momentum,
+        .first_step = has_momentum && flags[WB_F_FIRST_STEP],
+        .nesterov = has_momentum && flags[WB_F_NESTEROV], .unscale = grad_scale != 0,
+        .coupled = weight_decay != 0,
     };
-    wb_parallel(table + (has_momentum ? 3 : 2) * n, n, num_threads, sgd_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, sgd_range, &ctx);
 }
