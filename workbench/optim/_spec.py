@@ -51,6 +51,9 @@ class UpdateSpec:
               runs, by the fused backend); the others are not passed to it.
     triton_counts_steps: the Triton step advances the step itself (NAdam's scalar kernel does,
               with the product of momentum coefficients, in one launch).
+    triton_finish: work the Triton path does after its launch, given the scalar lists by name
+              and the update's keywords (ASGD's new eta and mu: a program cannot replace values
+              that other programs of the same tensor may not have read yet).
     amp:      the fused kernels take torch.amp.GradScaler's grad_scale / found_inf, as torch's
               fused Adam, AdamW, SGD and Adagrad do: they unscale the grads (and write them back
               unscaled), and a step with an inf found is skipped and not counted. The C kernel
@@ -70,6 +73,7 @@ class UpdateSpec:
     derived: Mapping[str, Derived] = field(default_factory=dict)
     triton_scalars: tuple[str, ...] = ("step",)
     triton_counts_steps: bool = False
+    triton_finish: Callable[[Mapping[str, list[Any]], Mapping[str, Any]], None] | None = None
     amp: bool = False
 
     def __post_init__(self) -> None:

@@ -22,15 +22,16 @@ the param's device), ``ax`` (:math:`\bar\theta`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import _backends
-from ._kernels import cpu as cpu_kernels
+from ._backends import fused
 from ._optimizer import WorkbenchOptimizer
+from ._spec import UpdateSpec
 
 
 def _asgd_forloop(
@@ -161,82 +162,34 @@ def _next_eta_and_mu(
     torch._foreach_mul_(etas, lr)
 
 
-def _asgd_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    axs: list[Tensor],
-    mus: list[Tensor],
-    etas: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    lambd: float,
-    alpha: float,
-    t0: float,
-    weight_decay: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-) -> None:
-    if cpu_kernels.runs_on(params[0].device, "asgd"):
-        _asgd_cpu_kernel(
-            params, grads, axs, mus, etas, steps,
-            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
-        )  # fmt: skip
-        return
-    from ._kernels.asgd import asgd_fused_step
-
-    torch._foreach_add_(steps, 1.0)
-    # The kernel reads eta and mu (the previous step's) in every program of a tensor; it cannot
-    # also replace them, since another program of the same tensor may not have read them yet (a
-    # launch orders no programs). They are replaced after the launch, by a few launches over the
-    # 0-dim scalars whose cost does not grow with the params' size.
-    asgd_fused_step(
-        params, grads, axs, mus, etas,
-        lambd=lambd, weight_decay=weight_decay, maximize=maximize,
+def _after_triton_launch(scalars: Mapping[str, list[Tensor]], hyper: Mapping[str, Any]) -> None:
+    """The Triton kernel reads eta and mu (the previous step's) in every program of a tensor; it
+    cannot also replace them, since another program of the same tensor may not have read them yet
+    (a launch orders no programs). They are replaced after it, by a few launches over the 0-dim
+    scalars, whose cost does not grow with the params' size."""
+    _next_eta_and_mu(
+        scalars["eta"], scalars["mu"], scalars["step"],
+        lr=hyper["lr"], lambd=hyper["lambd"], alpha=hyper["alpha"], t0=hyper["t0"],
     )  # fmt: skip
-    _next_eta_and_mu(etas, mus, steps, lr=lr, lambd=lambd, alpha=alpha, t0=t0)
 
 
-def _asgd_cpu_kernel(
-    params: list[Tensor],
-    grads: list[Tensor],
-    axs: list[Tensor],
-    mus: list[Tensor],
-    etas: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    lambd: float,
-    alpha: float,
-    t0: float,
-    weight_decay: float,
-    maximize: bool,
-) -> None:
-    """The C kernel: it advances the steps, reads eta and mu, and replaces them, all per tensor."""
-    # eta and mu are fp32 (fp64 under that default dtype), or the param's dtype after torch's
-    # load_state_dict: fp16/bf16, or a mix in one group, which the kernel does not take. Those go
-    # through fp64 copies, exact both ways: read as they are, each new value rounded once to the
-    # scalar's dtype when copied back, as the forloop's fill_ or copy_ rounds it.
-    mu_dtypes, eta_dtypes = {t.dtype for t in mus}, {t.dtype for t in etas}
-    widen = len(mu_dtypes) > 1 or len(eta_dtypes) > 1
-    widen = widen or not mu_dtypes | eta_dtypes <= {torch.float32, torch.float64}
-    kernel_mus, kernel_etas = mus, etas
-    if widen:
-        kernel_mus = [t.to(torch.float64) for t in mus]
-        kernel_etas = [t.to(torch.float64) for t in etas]
-    cpu_kernels.launch(
-        "asgd",
-        [params, grads, axs],
-        [steps, kernel_mus, kernel_etas],
-        hyper=[float(x) for x in (lr, lambd, alpha, t0, weight_decay)],
-        # the forloop backend forms the new eta in a tensor lr's dtype: fp32 here unless fp64 (an
-        # fp16/bf16 lr, rare, is not rounded after each op as there)
-        flags=[maximize, isinstance(lr, Tensor) and lr.dtype != torch.float64],
-    )
-    if widen:
-        torch._foreach_copy_(mus, kernel_mus)
-        torch._foreach_copy_(etas, kernel_etas)
+SPEC = UpdateSpec(
+    kernel="asgd",
+    state=("ax",),
+    # torch's argument order (axs, mus, etas); eta and mu are 0-dim, not shaped like the param
+    scalars=("mu", "eta", "step"),
+    hyper=("lr", "lambd", "alpha", "t0", "weight_decay"),
+    # lr_fp32: a tensor lr narrower than fp64; the C kernel then forms the new eta in fp32, as
+    # the forloop's tensor ops form it (an fp16/bf16 lr, rare, is not rounded after each op)
+    flags=("maximize", "lr_fp32"),
+    derived={"lr_fp32": lambda h: isinstance(h["lr"], Tensor) and h["lr"].dtype != torch.float64},
+    # read param, grad, ax; write param, ax. (Before t0, while mu is 1, the fused kernel and the
+    # forloop do not read ax: the average is the iterate.)
+    reads=3,
+    writes=2,
+    triton_scalars=("mu", "eta"),
+    triton_finish=_after_triton_launch,
+)
 
 
 class ASGD(WorkbenchOptimizer):
@@ -247,18 +200,12 @@ class ASGD(WorkbenchOptimizer):
     """
 
     backends = ("forloop", "foreach", "fused", "compiled")
-    cpu_kernel = "asgd"
-    # torch's argument order (axs, mus, etas); eta and mu are 0-dim, not shaped like the param
-    state_names = ("ax", "mu", "eta")
+    spec = SPEC
     update_functions = {
         "forloop": _asgd_forloop,
         "foreach": _asgd_foreach,
-        "fused": _asgd_fused,
+        "fused": fused.update(SPEC),
     }
-    # read param, grad, ax; write param, ax. (Before t0, while mu is 1, the fused kernel and the
-    # forloop do not read ax: the average is the iterate.)
-    tensors_read = 3
-    tensors_written = 2
 
     def __init__(
         self,

@@ -40,6 +40,27 @@ def _count_step(steps: list[Tensor], found_inf: Tensor | None) -> None:
         torch._foreach_add_(steps, taken.to(steps[0].dtype))
 
 
+def _c_scalar_rows(
+    rows: list[list[Tensor]],
+) -> tuple[list[list[Tensor]], list[tuple[list[Tensor], list[Tensor]]]]:
+    """The scalar rows as the C kernels take them: all fp32 or all fp64 within a row.
+
+    0-dim state is fp32 (fp64 under that default dtype), or the param's dtype after torch's
+    load_state_dict: fp16/bf16, or a mix in one group. Those rows go through fp64 copies, exact
+    both ways: read as they are, each new value rounded once to the row's dtype when copied
+    back, as the forloop's fill_ or copy_ rounds it. Returns (rows, [(original, copy)])."""
+    kernel_rows, narrowed = [], []
+    for row in rows:
+        dtypes = {t.dtype for t in row}
+        if len(dtypes) <= 1 and dtypes <= {torch.float32, torch.float64}:
+            kernel_rows.append(row)
+            continue
+        wide = [t.to(torch.float64) for t in row]
+        kernel_rows.append(wide)
+        narrowed.append((row, wide))
+    return kernel_rows, narrowed
+
+
 def update(spec: UpdateSpec) -> UpdateFn:
     """The fused update function for `spec`, with the signature every backend's has."""
     kernel = spec.kernel
@@ -68,7 +89,10 @@ def update(spec: UpdateSpec) -> UpdateFn:
             # is never read.
             rows = [role if role else params for role in element]
             hyper, flags = spec.c_hyper(values), spec.c_flags(values)
-            cpu_kernels.launch(kernel, rows, scalars, hyper, flags, defines)
+            kernel_scalars, narrowed = _c_scalar_rows(scalars)
+            cpu_kernels.launch(kernel, rows, kernel_scalars, hyper, flags, defines)
+            for original, wide in narrowed:
+                torch._foreach_copy_(original, wide)
             return
         if spec.has_step and not spec.triton_counts_steps:
             _count_step(scalars[-1], keywords.get("found_inf") if spec.amp else None)
@@ -76,6 +100,8 @@ def update(spec: UpdateSpec) -> UpdateFn:
         if spec.amp:  # None when no GradScaler drives the step
             hyper |= {name: keywords.get(name) for name in ("grad_scale", "found_inf")}
         _triton_step(kernel)(*element, *(scalars[i] for i in triton_rows), **hyper)
+        if spec.triton_finish is not None:
+            spec.triton_finish(dict(zip(spec.scalars, scalars)), keywords)
 
     def fused(*tensor_lists: list[Tensor], **keywords: Any) -> None:
         element, scalars = list(tensor_lists[:n_roles]), list(tensor_lists[n_roles:])

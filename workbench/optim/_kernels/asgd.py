@@ -74,8 +74,12 @@ def asgd_fused_step(
     lambd: float,
     weight_decay: float,
     maximize: bool,
+    **schedule: object,
 ) -> None:
-    """Update params and averages of one (device, dtype) group with the current eta and mu."""
+    """Update params and averages of one (device, dtype) group with the current eta and mu.
+
+    `schedule` (lr, alpha, t0) forms the next eta and mu, which the caller writes after this
+    launch: not read here."""
     # eta and mu are float32 (float64 under that default dtype), or the param's dtype after
     # torch's load_state_dict; their dtypes are compile-time constants, so a group that mixes
     # them (rare) launches once per combination.

@@ -5,10 +5,10 @@
  * ordered); here they are replaced before any thread starts on the elements. */
 #include "multi_tensor.h"
 
-/* hyper: lr, lambd, alpha, t0, weight_decay
- * flags: maximize, lr_fp32 (lr is a tensor narrower than fp64: the new eta is formed in fp32, as
- *        the forloop's tensor ops form it from an fp32 lr), step dtype, mu dtype, eta dtype
- * table roles: param, grad, ax, step, mu, eta */
+/* hyper, flags and table rows by name: WB_H_*, WB_F_*, WB_ROW_* come from ASGD's UpdateSpec
+ * (compiled in as -D options, see workbench/optim/_spec.py). WB_F_LR_FP32: lr is a tensor
+ * narrower than fp64, so the new eta is formed in fp32, as the forloop's tensor ops form it from
+ * an fp32 lr. */
 typedef struct {
     T *const *param, *const *grad, *const *ax;
     /* per tensor, from the previous step's eta and mu: 1 - lambd * eta, -eta, mu, mu != 1 */
@@ -82,30 +82,32 @@ static double asgd_eta(double lr, double lambd, double alpha, double step, int l
 
 WB_EXPORT(asgd)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                 int num_threads) {
-    const double lr = hyper[0], lambd = hyper[1], alpha = hyper[2], t0 = hyper[3];
-    const double weight_decay = hyper[4];
-    const int64_t step_dtype = flags[2], mu_dtype = flags[3], eta_dtype = flags[4];
+    const double lr = hyper[WB_H_LR], lambd = hyper[WB_H_LAMBD], alpha = hyper[WB_H_ALPHA];
+    const double t0 = hyper[WB_H_T0], weight_decay = hyper[WB_H_WEIGHT_DECAY];
+    const int64_t step_dtype = flags[WB_F_STEP_DTYPE], mu_dtype = flags[WB_F_MU_DTYPE];
+    const int64_t eta_dtype = flags[WB_F_ETA_DTYPE];
     const int64_t m = n > 0 ? n : 1;
     ACC shrink[m], neg_eta[m], mu[m];
     unsigned char averaging[m];
     for (int64_t t = 0; t < n; ++t) {
-        const double step = wb_increment_step(table[3 * n + t], step_dtype);
-        const int64_t mu_at = table[4 * n + t], eta_at = table[5 * n + t];
+        const double step = wb_increment_step(table[WB_ROW_STEP * n + t], step_dtype);
+        const int64_t mu_at = table[WB_ROW_MU * n + t], eta_at = table[WB_ROW_ETA * n + t];
         const double old_eta = wb_read_scalar(eta_at, eta_dtype);
         const double old_mu = wb_read_scalar(mu_at, mu_dtype);
         shrink[t] = (ACC)(1.0 - lambd * old_eta);
         neg_eta[t] = (ACC)(-old_eta);
         mu[t] = (ACC)old_mu;
         averaging[t] = old_mu != 1.0;
-        wb_write_scalar(eta_at, eta_dtype, asgd_eta(lr, lambd, alpha, step, (int)flags[1]));
+        wb_write_scalar(eta_at, eta_dtype, asgd_eta(lr, lambd, alpha, step, (int)flags[WB_F_LR_FP32]));
         wb_write_scalar(mu_at, mu_dtype, 1.0 / (step - t0 > 1.0 ? step - t0 : 1.0));
     }
     const asgd_ctx ctx = {
-        .param = (T *const *)(table), .grad = (T *const *)(table + n),
-        .ax = (T *const *)(table + 2 * n),
+        .param = (T *const *)(table + WB_ROW_PARAM * n),
+        .grad = (T *const *)(table + WB_ROW_GRAD * n),
+        .ax = (T *const *)(table + WB_ROW_AX * n),
         .shrink = shrink, .neg_eta = neg_eta, .mu = mu, .averaging = averaging,
-        .weight_decay = (ACC)weight_decay, .grad_sign = flags[0] ? (ACC)-1 : (ACC)1,
+        .weight_decay = (ACC)weight_decay, .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
         .coupled = weight_decay != 0,
     };
-    wb_parallel(table + 6 * n, n, num_threads, asgd_range, &ctx);
+    wb_parallel(table + WB_ROWS * n, n, num_threads, asgd_range, &ctx);
 }
