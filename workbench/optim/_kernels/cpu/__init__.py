@@ -67,12 +67,6 @@ def grad_scaler_scale(grad_scale: Tensor | None, found_inf: Tensor | None) -> fl
     return 0.0 if grad_scale is None else grad_scale.item()
 
 
-def decay_factor(lr: float | Tensor, weight_decay: float) -> float:
-    """1 - lr * weight_decay, the factor of a decoupled weight decay, as the forloop backend and
-    torch.optim compute it: in lr's dtype when lr is a tensor (an fp32 lr rounds it to fp32)."""
-    return float(1 - lr * weight_decay)
-
-
 def _function(kernel: str, dtype: torch.dtype, defines: tuple[str, ...]) -> ctypes._CFuncPtr:
     fn = _functions.get((kernel, dtype, defines))
     if fn is None:
