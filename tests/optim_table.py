@@ -18,6 +18,7 @@ import torch
 
 from tests.parity_lbfgs import lbfgs_parity
 from tests.parity_special import sparse_adam_side_by_side
+from tests.reference_optimizers import LionReference
 from workbench.optim import OPTIMIZERS
 
 
@@ -70,6 +71,9 @@ class OptimEntry:
     # optimizer's per-step scalars (fp64 bias corrections: pow of the step count) outside the
     # element loops
     compiled_codegen: bool = False
+    # for an optimizer torch.optim lacks: the reference it is checked against instead, written
+    # from its paper (tests/reference_optimizers.py); everything here calls it "torch"
+    reference: type[torch.optim.Optimizer] | None = None
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -77,7 +81,7 @@ class OptimEntry:
 
     @property
     def torch_cls(self) -> type[torch.optim.Optimizer]:
-        return getattr(torch.optim, self.name)
+        return self.reference or getattr(torch.optim, self.name)
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """A test param's shape, as a matrix for a matrices-only optimizer: () -> (1, 1),
@@ -624,7 +628,30 @@ MUON = OptimEntry(
     matrices_only=True,
 )  # fmt: skip
 
+LION = OptimEntry(
+    name="Lion",
+    reference=LionReference,
+    configs=[
+        {},
+        {"lr": 1e-2},
+        {"lr": 1e-2, "weight_decay": 0.1},
+        {"lr": 1e-2, "maximize": True},
+        {"lr": 1e-2, "betas": (0.5, 0.9), "weight_decay": 0.5, "maximize": True},
+        {"lr": 1e-2, "betas": (0.0, 0.0)},  # the sign of the gradient itself; m = g
+        {"lr": torch.tensor(0.01), "weight_decay": 0.1},
+        {"lr": 1e-2, "weight_decay": 0.1, "capturable": True},
+    ],
+    errors=[
+        ({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+        ({"betas": (1.0, 0.99)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+        ({"betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1"),
+        ({"weight_decay": -0.5}, ValueError, "Invalid weight_decay value: -0.5"),
+    ],
+    fused_cpu_configs=[{"lr": 1e-2, "weight_decay": 0.1, "maximize": True}, {"lr": 1e-3}],
+    nonfinite_configs=[{"lr": 1e-2, "weight_decay": 0.1, "maximize": True}],
+)  # fmt: skip
+
 TABLE: list[OptimEntry] = [
     ADAMAX, ADAM, ADAMW, ADADELTA, ASGD, RPROP, NADAM, RADAM, SGD, ADAGRAD, RMSPROP,
-    LBFGS, SPARSE_ADAM, ADAFACTOR, MUON,
+    LBFGS, SPARSE_ADAM, ADAFACTOR, MUON, LION,
 ]  # fmt: skip

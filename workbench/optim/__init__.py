@@ -12,6 +12,7 @@ from .adamax import Adamax
 from .adamw import AdamW
 from .asgd import ASGD
 from .lbfgs import LBFGS
+from .lion import Lion
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
@@ -36,12 +37,14 @@ OPTIMIZERS: dict[str, type[WorkbenchOptimizer]] = {
     "Adafactor": Adafactor,
     "LBFGS": LBFGS,
     "SparseAdam": SparseAdam,
+    "Lion": Lion,
 }
 
 __all__ = [
     "ASGD",
     "BACKENDS",
     "LBFGS",
+    "Lion",
     "OPTIMIZERS",
     "Adadelta",
     "Adafactor",
