@@ -49,7 +49,7 @@ class UpdateSpec:
     flags:    the kernels' integer flags (bools), in ABI order: update keywords, or `derived`.
     triton_scalars: the scalar lists the Triton kernel reads (the step is advanced before it
               runs, by the fused backend); the others are not passed to it.
-    triton_counts_steps: the Triton step advances the step itself (NAdam's scalar kernel does,
+    triton_counts_steps: the Triton step advances the step itself (a scalar kernel of its own,
               with the product of momentum coefficients, in one launch).
     triton_finish: work the Triton path does after its launch, given the scalar lists by name
               and the update's keywords (ASGD's new eta and mu: a program cannot replace values
