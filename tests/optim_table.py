@@ -21,6 +21,47 @@ from tests.parity_special import sparse_adam_side_by_side
 from tests.reference_optimizers import LionReference
 from workbench.optim import OPTIMIZERS
 
+Config = dict[str, Any]
+Tensors = dict[str, torch.Tensor]
+
+
+def _no_scalars(config: Config, state: Tensors) -> frozenset[str]:
+    return frozenset()
+
+
+def _always(config: Config, warmup: int) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class DifferentiableSpec:
+    """What one optimizer's differentiable step (tests/test_differentiable.py) needs beyond its
+    table entry (defaults: nothing)."""
+
+    # warm-up steps before the checked one; 0 checks a first step, on the state it creates
+    warmups: tuple[int, ...] = (3,)
+    # configs checked beside the table's (which are checked first): those of the per-optimizer
+    # tests tests/test_differentiable.py replaced, their tensor lr values included
+    configs: tuple[Config, ...] = ()
+    # 0-dim state the update reads as a Python number (or branches on) under this config and
+    # state: no gradient flows through it, so it is held fixed rather than made an input
+    host_scalars: Callable[[Config, Tensors], frozenset[str]] = _no_scalars
+    # moves the inputs (in place) away from the update's kinks: finite differences must see one
+    # smooth piece of a piecewise update
+    away_from_kinks: Callable[[Tensors], None] | None = None
+    # what the warm-up state must satisfy for the step to be smooth there (asserted, not forced)
+    precondition: Callable[[Config, Tensors], bool] | None = None
+    # hyperparameters torch.optim's differentiable step takes only as numbers (it refuses a tensor
+    # that requires grad, or reads it on the host): torch gets them detached and their gradient is
+    # not compared (gradcheck checks ours)
+    torch_numbers: frozenset[str] = field(default_factory=frozenset)
+    # whether torch.optim's differentiable step can be backpropagated under (config, warmup)
+    torch_backward_works: Callable[[Config, int], bool] = _always
+
+
+def _t(value: float) -> torch.Tensor:
+    return torch.tensor(value)
+
 
 @dataclass(frozen=True)
 class OptimEntry:
@@ -74,6 +115,9 @@ class OptimEntry:
     # for an optimizer torch.optim lacks: the reference it is checked against instead, written
     # from its paper (tests/reference_optimizers.py); everything here calls it "torch"
     reference: type[torch.optim.Optimizer] | None = None
+    # what its differentiable step needs beyond the above (tests/test_differentiable.py checks
+    # every optimizer whose class takes `differentiable`)
+    differentiable: DifferentiableSpec = field(default_factory=DifferentiableSpec)
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -142,6 +186,7 @@ ADAMAX = OptimEntry(
     ],
     fused_cpu_configs=[{"weight_decay": 0.1, "maximize": True}],
     nonfinite_configs=[{"weight_decay": 0.1, "maximize": True}],
+    differentiable=DifferentiableSpec(torch_numbers=frozenset({"lr"})),
 )
 
 ADADELTA = OptimEntry(
@@ -169,7 +214,26 @@ ADADELTA = OptimEntry(
     ],
     fused_cpu_configs=[{"weight_decay": 0.1, "maximize": True}, {"lr": 0.5, "rho": 0.8}],
     nonfinite_configs=[{"weight_decay": 0.1, "maximize": True}],
+    differentiable=DifferentiableSpec(
+        configs=({"lr": _t(0.7), "rho": 0.8, "weight_decay": 0.1},),
+        torch_numbers=frozenset({"lr"}),
+    ),
 )
+
+
+def _asgd_host_scalars(config: Config, state: Tensors) -> frozenset[str]:
+    # Off the device path eta is read with .item(), and mu == 1 picks a branch (the average is the
+    # iterate itself) whose other side is the general formula: a kink in mu.
+    if config.get("capturable", False):
+        return frozenset()
+    return frozenset({"eta"} | ({"mu"} if state["mu"].item() == 1 else set()))
+
+
+def _asgd_torch_backward_works(config: Config, warmup: int) -> bool:
+    # torch's ASGD multiplies by mu in place, then overwrites mu: its backward fails once the
+    # average is past t0 (mu = 1 / max(1, step - t0) below 1)
+    return warmup - config.get("t0", 1e6) <= 1
+
 
 ASGD = OptimEntry(
     name="ASGD",
@@ -206,7 +270,28 @@ ASGD = OptimEntry(
         "foreach": "folds the decay into the gradient as torch's foreach ASGD does: an inf "
         "param gives inf - inf = nan where the forloop keeps inf (workbench/optim/asgd.py)",
     },
+    # t0 = 1 after 3 warm-up steps: mu = 0.5, the average past its start; eta on the host, then
+    # on the device
+    differentiable=DifferentiableSpec(
+        configs=tuple(
+            {"lr": _t(0.2), "lambd": 0.1, "t0": 1, "weight_decay": 0.1, "capturable": capturable}
+            for capturable in (False, True)
+        ),
+        host_scalars=_asgd_host_scalars,
+        torch_numbers=frozenset({"lr"}),
+        torch_backward_works=_asgd_torch_backward_works,
+    ),
 )
+
+
+def _rprop_away_from_kinks(inputs: Tensors) -> None:
+    # sign(grad * prev) picks the step-size factor: a zero prev (where the last step's sign
+    # flipped) or a grad near 0 sits on a jump. Both (the checked step's grad input and the prev
+    # state) are moved 0.1 away from 0 on their own side.
+    for name in ("grad", "prev"):
+        t = inputs[name]
+        inputs[name] = torch.where(t >= 0, t + 0.1, t - 0.1)
+
 
 RPROP = OptimEntry(
     name="Rprop",
@@ -238,7 +323,22 @@ RPROP = OptimEntry(
         "foreach": "prev = grad * keep: an inf gradient where the sign flipped stores nan, "
         "not 0; exact would need a where per tensor (workbench/optim/rprop.py)",
     },
+    # torch's Rprop refuses a tensor lr that requires grad (it fills the first step sizes with
+    # it); from a warmed-up state ours has no gradient for it either, which gradcheck confirms
+    differentiable=DifferentiableSpec(
+        configs=({"etas": (0.4, 1.3), "step_sizes": (1e-3, 5.0)},),
+        away_from_kinks=_rprop_away_from_kinks,
+        torch_numbers=frozenset({"lr"}),
+    ),
 )
+
+
+def _nadam_host_scalars(config: Config, state: Tensors) -> frozenset[str]:
+    # mu_product stays a tensor on the device path (capturable, or a tensor lr when
+    # differentiating); the host path reads it with .item()
+    on_device = config.get("capturable", False) or isinstance(config.get("lr"), torch.Tensor)
+    return frozenset() if on_device else frozenset({"mu_product"})
+
 
 NADAM = OptimEntry(
     name="NAdam",
@@ -277,6 +377,13 @@ NADAM = OptimEntry(
         {"weight_decay": 0.1, "decoupled_weight_decay": True},
     ],
     compiled_codegen=True,
+    differentiable=DifferentiableSpec(
+        configs=tuple(
+            {"lr": _t(0.3), "weight_decay": 0.1, "decoupled_weight_decay": decoupled}
+            for decoupled in (False, True)
+        ),
+        host_scalars=_nadam_host_scalars,
+    ),
 )  # fmt: skip
 
 RADAM = OptimEntry(
@@ -316,6 +423,15 @@ RADAM = OptimEntry(
         {"weight_decay": 0.1, "decoupled_weight_decay": True},
     ],
     compiled_codegen=True,
+    # the step after 3 is step 4 (rho_t 3.998: unrectified, r_t is NaN), after 9 step 10
+    # (rho_t 9.98: rectified)
+    differentiable=DifferentiableSpec(
+        warmups=(3, 9),
+        configs=tuple(
+            {"lr": _t(0.3), "weight_decay": 0.1, "decoupled_weight_decay": decoupled}
+            for decoupled in (False, True)
+        ),
+    ),
 )  # fmt: skip
 
 
@@ -373,6 +489,19 @@ ADAM = OptimEntry(
         {"weight_decay": 0.1, "decoupled_weight_decay": True},
     ],
     compiled_codegen=True,
+    # the device path (tensor lr and betas) and, as floats, the host path
+    differentiable=DifferentiableSpec(
+        configs=(
+            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1},
+            {
+                "lr": _t(0.3),
+                "betas": (_t(0.8), _t(0.9)),
+                "weight_decay": 0.1,
+                "amsgrad": True,
+                "maximize": True,
+            },
+        )
+    ),
 )  # fmt: skip
 
 ADAMW = OptimEntry(
@@ -387,6 +516,12 @@ ADAMW = OptimEntry(
     amp_configs=[{"lr": torch.tensor(0.01), "amsgrad": True}],
     fused_cpu_configs=[{"weight_decay": 0.1, "amsgrad": True}],
     nonfinite_configs=[{"amsgrad": True, "maximize": True}],
+    differentiable=DifferentiableSpec(
+        configs=(
+            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1},
+            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1, "amsgrad": True},
+        )
+    ),
 )  # fmt: skip
 
 # torch.optim's refusals for its own `fused` flag (SGD, Adagrad, Adam, AdamW), on any device
@@ -432,6 +567,12 @@ SGD = OptimEntry(
     ],
     fused_cpu_configs=[{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"lr": 0.05}],
     nonfinite_configs=[{"momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True}],
+    # a first step (no momentum buffer yet: it starts as a detached copy of the grad, as torch's)
+    # and a later one
+    differentiable=DifferentiableSpec(
+        warmups=(0, 1),
+        configs=({"lr": _t(0.3), "weight_decay": _t(0.1), "momentum": 0.9, "nesterov": True},),
+    ),
 )  # fmt: skip
 
 ADAGRAD = OptimEntry(
@@ -463,7 +604,18 @@ ADAGRAD = OptimEntry(
     ],
     fused_cpu_configs=[{"lr_decay": 0.01, "weight_decay": 0.1, "maximize": True}],
     nonfinite_configs=[{"weight_decay": 0.1, "lr_decay": 0.01, "maximize": True}],
+    differentiable=DifferentiableSpec(
+        configs=({"lr": _t(0.3), "lr_decay": 0.1, "weight_decay": 0.1, "maximize": True},),
+        torch_numbers=frozenset({"lr"}),
+    ),
 )  # fmt: skip
+
+
+def _rmsprop_centered_root_exists(config: Config, state: Tensors) -> bool:
+    if not config.get("centered", False):
+        return True
+    return bool((state["square_avg"] > state["grad_avg"] ** 2).all())
+
 
 RMSPROP = OptimEntry(
     name="RMSprop",
@@ -499,6 +651,21 @@ RMSPROP = OptimEntry(
         {"momentum": 0.5, "centered": True, "alpha": 0.9, "maximize": True},
     ],
     nonfinite_configs=[{"momentum": 0.9, "centered": True, "weight_decay": 0.1, "maximize": True}],
+    # centered with momentum: every state tensor at once
+    differentiable=DifferentiableSpec(
+        configs=(
+            {
+                "lr": _t(0.3),
+                "alpha": 0.9,
+                "weight_decay": 0.1,
+                "momentum": 0.5,
+                "centered": True,
+                "maximize": True,
+            },
+        ),
+        precondition=_rmsprop_centered_root_exists,
+        torch_numbers=frozenset({"lr"}),
+    ),
 )  # fmt: skip
 
 # torch's LBFGS configs (optim_inputs_func_lbfgs); ours add a short history (it fills, then

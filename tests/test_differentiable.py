@@ -1,11 +1,12 @@
 """The forloop backend with differentiable=True, for every optimizer in the table that takes it.
 
-Two checks, on cases derived from each table entry's configs (plus the few in SPECS below):
+Two checks, on cases derived from each table entry's configs (plus the few in its
+``differentiable`` field):
 
 - ``test_step_passes_gradcheck``: one differentiable step, in fp64, passes
   ``torch.autograd.gradcheck`` with respect to the param, its grad, every floating state tensor
   (but 0-dim state the update reads as a number: held fixed) and every tensor hyperparameter of
-  the config (lr, betas, SGD's weight_decay).
+  the config (lr, betas, a tensor weight_decay).
 - ``test_gradients_match_torch``: the gradients of a random weighted sum of the step's outputs (the
   param and every floating state tensor) with respect to the same inputs match those through
   torch.optim's own differentiable step.
@@ -15,202 +16,34 @@ same values as Python floats (the common case). The two take different paths in 
 (scalars kept on the device, or read on the host).
 
 The step starts from a realistic state, made by plain (non-differentiable) warm-up steps on random
-grads: conditions the update relies on, such as second moments above zero or centered RMSprop's
-mean square above its squared mean, then hold as they do in training. What is particular to one
+grads: conditions the update relies on, such as second moments above zero or a centered mean
+square above its squared mean, then hold as they do in training. What is particular to one
 optimizer (where its update has kinks, which 0-dim state it reads as a number, which step counts
-take other branches, where torch's own step cannot be differentiated) is data in SPECS, not a test
-of its own: a new optimizer whose class takes `differentiable` gets every check from its table
-entry alone.
+take other branches, where torch's own step cannot be differentiated) is data in its table entry's
+``differentiable`` field (a DifferentiableSpec, tests/optim_table.py), not a test of its own: a new
+optimizer whose class takes `differentiable` gets every check from its table entry alone.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from tests.optim_table import TABLE, OptimEntry, config_id
-
-Config = dict[str, Any]
-Tensors = dict[str, Tensor]
+from tests.optim_table import TABLE, Config, OptimEntry, Tensors, config_id
 
 NUMEL = 6
 # The inputs every case has, first in its input list; the state and hyperparameters follow.
 PARAM, GRAD = "param", "grad"
-# Finite differences well below the smallest realistic state: Adadelta's acc_delta is about its
-# eps (1e-6) after a few steps, and gradcheck's default step of 1e-6 would leave the linear range
-# of sqrt(acc_delta + eps). In fp64 the rounding error of a 1e-8 step is still far below the
+# Finite differences well below the smallest realistic state: an accumulated squared update can
+# be about its eps (1e-6) after a few steps, and gradcheck's default step of 1e-6 would leave the
+# linear range of sqrt(acc + eps). In fp64 the rounding error of a 1e-8 step is still far below the
 # tolerances.
 GRADCHECK_EPS = 1e-8
-
-
-def _no_scalars(config: Config, state: Tensors) -> frozenset[str]:
-    return frozenset()
-
-
-def _always(config: Config, warmup: int) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What one optimizer's differentiable step needs beyond its table entry (defaults: nothing)."""
-
-    # warm-up steps before the checked one; 0 checks a first step, on the state it creates
-    warmups: tuple[int, ...] = (3,)
-    # configs checked beside the table's: those of the per-optimizer tests this file replaced
-    configs: tuple[Config, ...] = ()
-    # 0-dim state the update reads as a Python number (or branches on) under this config and
-    # state: no gradient flows through it, so it is held fixed rather than made an input
-    host_scalars: Callable[[Config, Tensors], frozenset[str]] = _no_scalars
-    # moves the inputs (in place) away from the update's kinks: finite differences must see one
-    # smooth piece of a piecewise update
-    away_from_kinks: Callable[[Tensors], None] | None = None
-    # what the warm-up state must satisfy for the step to be smooth there (asserted, not forced)
-    precondition: Callable[[Config, Tensors], bool] | None = None
-    # hyperparameters torch.optim's differentiable step takes only as numbers (it refuses a tensor
-    # that requires grad, or reads it on the host): torch gets them detached and their gradient is
-    # not compared (gradcheck checks ours)
-    torch_numbers: frozenset[str] = field(default_factory=frozenset)
-    # whether torch.optim's differentiable step can be backpropagated under (config, warmup)
-    torch_backward_works: Callable[[Config, int], bool] = _always
-
-
-def _asgd_host_scalars(config: Config, state: Tensors) -> frozenset[str]:
-    # Off the device path eta is read with .item(), and mu == 1 picks a branch (the average is the
-    # iterate itself) whose other side is the general formula: a kink in mu.
-    if config.get("capturable", False):
-        return frozenset()
-    return frozenset({"eta"} | ({"mu"} if state["mu"].item() == 1 else set()))
-
-
-def _asgd_torch_backward_works(config: Config, warmup: int) -> bool:
-    # torch's ASGD multiplies by mu in place, then overwrites mu: its backward fails once the
-    # average is past t0 (mu = 1 / max(1, step - t0) below 1)
-    return warmup - config.get("t0", 1e6) <= 1
-
-
-def _nadam_host_scalars(config: Config, state: Tensors) -> frozenset[str]:
-    # mu_product stays a tensor on the device path (capturable, or a tensor lr when
-    # differentiating); the host path reads it with .item()
-    on_device = config.get("capturable", False) or isinstance(config.get("lr"), Tensor)
-    return frozenset() if on_device else frozenset({"mu_product"})
-
-
-def _rprop_away_from_kinks(inputs: Tensors) -> None:
-    # sign(grad * prev) picks the step-size factor: a zero prev (where the last step's sign
-    # flipped) or a grad near 0 sits on a jump. Both are moved 0.1 away from 0 on their own side.
-    for name in (GRAD, "prev"):
-        t = inputs[name]
-        inputs[name] = torch.where(t >= 0, t + 0.1, t - 0.1)
-
-
-def _rmsprop_centered_root_exists(config: Config, state: Tensors) -> bool:
-    if not config.get("centered", False):
-        return True
-    return bool((state["square_avg"] > state["grad_avg"] ** 2).all())
-
-
-def _t(value: float) -> Tensor:
-    return torch.tensor(value)
-
-
-# Each entry's `configs` are those of the per-optimizer tests this file replaced (their tensor lr
-# values included); the table entry's own configs are checked first.
-SPECS: dict[str, Spec] = {
-    "Adadelta": Spec(
-        configs=({"lr": _t(0.7), "rho": 0.8, "weight_decay": 0.1},),
-        torch_numbers=frozenset({"lr"}),
-    ),
-    "Adagrad": Spec(
-        configs=({"lr": _t(0.3), "lr_decay": 0.1, "weight_decay": 0.1, "maximize": True},),
-        torch_numbers=frozenset({"lr"}),
-    ),
-    # the device path (tensor lr and betas) and, as floats, the host path
-    "Adam": Spec(
-        configs=(
-            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1},
-            {
-                "lr": _t(0.3),
-                "betas": (_t(0.8), _t(0.9)),
-                "weight_decay": 0.1,
-                "amsgrad": True,
-                "maximize": True,
-            },
-        )
-    ),
-    "AdamW": Spec(
-        configs=(
-            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1},
-            {"lr": _t(0.3), "betas": (_t(0.8), _t(0.9)), "weight_decay": 0.1, "amsgrad": True},
-        )
-    ),
-    "Adamax": Spec(torch_numbers=frozenset({"lr"})),
-    # t0 = 1 after 3 warm-up steps: mu = 0.5, the average past its start; eta on the host, then
-    # on the device
-    "ASGD": Spec(
-        configs=tuple(
-            {"lr": _t(0.2), "lambd": 0.1, "t0": 1, "weight_decay": 0.1, "capturable": capturable}
-            for capturable in (False, True)
-        ),
-        host_scalars=_asgd_host_scalars,
-        torch_numbers=frozenset({"lr"}),
-        torch_backward_works=_asgd_torch_backward_works,
-    ),
-    "NAdam": Spec(
-        configs=tuple(
-            {"lr": _t(0.3), "weight_decay": 0.1, "decoupled_weight_decay": decoupled}
-            for decoupled in (False, True)
-        ),
-        host_scalars=_nadam_host_scalars,
-    ),
-    # the step after 3 is step 4 (rho_t 3.998: unrectified, r_t is NaN), after 9 step 10
-    # (rho_t 9.98: rectified)
-    "RAdam": Spec(
-        warmups=(3, 9),
-        configs=tuple(
-            {"lr": _t(0.3), "weight_decay": 0.1, "decoupled_weight_decay": decoupled}
-            for decoupled in (False, True)
-        ),
-    ),
-    # centered with momentum: every state tensor at once
-    "RMSprop": Spec(
-        configs=(
-            {
-                "lr": _t(0.3),
-                "alpha": 0.9,
-                "weight_decay": 0.1,
-                "momentum": 0.5,
-                "centered": True,
-                "maximize": True,
-            },
-        ),
-        precondition=_rmsprop_centered_root_exists,
-        torch_numbers=frozenset({"lr"}),
-    ),
-    # torch's Rprop refuses a tensor lr that requires grad (it fills the first step sizes with
-    # it); from a warmed-up state ours has no gradient for it either, which gradcheck confirms
-    "Rprop": Spec(
-        configs=({"etas": (0.4, 1.3), "step_sizes": (1e-3, 5.0)},),
-        away_from_kinks=_rprop_away_from_kinks,
-        torch_numbers=frozenset({"lr"}),
-    ),
-    # a first step (no momentum buffer yet: it starts as a detached copy of the grad, as torch's)
-    # and a later one
-    "SGD": Spec(
-        warmups=(0, 1),
-        configs=({"lr": _t(0.3), "weight_decay": _t(0.1), "momentum": 0.9, "nesterov": True},),
-    ),
-}
-
-
-def _spec(entry: OptimEntry) -> Spec:
-    return SPECS.get(entry.name, Spec())
 
 
 def _tensor_hypers(config: Config) -> Tensors:
@@ -242,7 +75,7 @@ def _as_floats(config: Config) -> Config:
 def _compared_with_torch(entry: OptimEntry, config: Config, warmup: int) -> bool:
     # Flags torch.optim refuses on CPU (capturable) are left out of its config: its step is then
     # the non-capturable one, which ours must match whichever path it takes.
-    return _spec(entry).torch_backward_works(entry.torch_kwargs(config), warmup)
+    return entry.differentiable.torch_backward_works(entry.torch_kwargs(config), warmup)
 
 
 def _cases(check: str) -> list[Any]:
@@ -251,7 +84,7 @@ def _cases(check: str) -> list[Any]:
     for entry in TABLE:
         if "differentiable" not in inspect.signature(entry.ours).parameters:
             continue
-        spec = _spec(entry)
+        spec = entry.differentiable
         for config in [*entry.configs, *spec.configs]:
             for warmup in spec.warmups:
                 if check == "gradcheck" and warmup == 0 and entry.ours.lazy_state:
@@ -290,10 +123,10 @@ class Case:
         (ours or torch's) from `tensors`, the inputs in order."""
         values = dict(zip(self.inputs, tensors))
         p = values[PARAM].clone()
-        # a clone: torch's SGD adds a tensor weight decay into the grad in place
+        # a clone: torch's step may add a tensor weight decay into the grad in place
         p.grad = values[GRAD].clone()
         if cls is self.entry.torch_cls:
-            numbers = _spec(self.entry).torch_numbers
+            numbers = self.entry.differentiable.torch_numbers
             values |= {n: values[n].detach() for n in numbers if n in values}
             kwargs = self.entry.torch_kwargs(_with_hypers(self.config, values))
             kwargs |= self.entry.torch_foreach(False)
@@ -309,7 +142,7 @@ class Case:
 
 
 def _make_case(entry: OptimEntry, config: Config, warmup: int, hypers: str, check: str) -> Case:
-    spec = _spec(entry)
+    spec = entry.differentiable
     if hypers == "float":
         config = _as_floats(config)
     gen = torch.Generator().manual_seed(0)
@@ -319,7 +152,7 @@ def _make_case(entry: OptimEntry, config: Config, warmup: int, hypers: str, chec
         p.grad = torch.randn(NUMEL, dtype=torch.float64, generator=gen)
         opt.step()
     state = {n: t.detach() for n, t in opt.state[p].items() if isinstance(t, Tensor)}
-    # fp64 throughout, 0-dim state and step included (ASGD's eta and mu are fp32 by default):
+    # fp64 throughout, 0-dim state and step included (some 0-dim state is fp32 by default):
     # finite differences need it, and torch computes its bias corrections in the step's dtype
     state = {n: t.to(torch.float64) if t.is_floating_point() else t for n, t in state.items()}
     if spec.precondition is not None:
@@ -362,7 +195,7 @@ def test_gradients_match_torch(entry: OptimEntry, config: Config, warmup: int, h
         )
         grads.append(torch.autograd.grad(total, tensors, allow_unused=True))
     assert names[0] == names[1], "the two steps leave different state"
-    numbers = _spec(entry).torch_numbers
+    numbers = entry.differentiable.torch_numbers
     for name, ours, theirs in zip(case.inputs, *grads):
         if name in numbers:
             continue
