@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.optim_table import TABLE
 from workbench.harness.cases import Case
@@ -128,6 +129,7 @@ def test_order_puts_compared_cases_side_by_side(tmp_path: Path) -> None:
 def test_backends_per_implementation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch_backends("Adamax") == ("forloop", "foreach")
     assert torch_backends("Adam") == ("forloop", "foreach", "fused")  # Adam takes fused=
+    assert torch_backends("NoSuchOptimizer") == ()  # torch.optim lacks it: no torch case
     assert implementation_backends("Adamax", "heavyball") == ("default",)
     # the workbench gets the intersection with what its class implements
     monkeypatch.setattr(Adamax, "backends", ("forloop", "compiled"))
@@ -467,9 +469,16 @@ def test_quick_suite_loads_and_stays_small() -> None:
     assert torch_fused == {"Adam", "AdamW", "SGD", "Adagrad"}
     assert {"workbench", "torch"} <= {c.implementation for c in cases}
     # every optimizer against torch.optim's, those with a closure step (LBFGS) or sparse grads
-    # (SparseAdam) included; the compiled backend is the full sweep's (minutes of compiling)
+    # (SparseAdam) included, and one torch lacks (Lion) against a peer's; the compiled backend is
+    # the full sweep's (minutes of compiling)
     assert {c.optimizer for c in cases} == set(OPTIMIZERS)
-    assert {c.optimizer for c in cases if c.implementation == "torch"} == set(OPTIMIZERS)
+    in_torch = {name for name in OPTIMIZERS if hasattr(torch.optim, name)}
+    assert {c.optimizer for c in cases if c.implementation == "torch"} == in_torch
+    for name in set(OPTIMIZERS) - in_torch:
+        assert {c.implementation for c in cases if c.optimizer == name} >= {
+            "workbench",
+            "pytorch_optimizer",
+        }
     assert "compiled" not in {c.backend for c in cases}
     assert {"LBFGS", "SparseAdam"} <= {c.optimizer for c in cases if c.implementation == "torch"}
     assert suite.sparse.density == 0.01

@@ -71,9 +71,10 @@ def _signature(optimizer: str) -> inspect.Signature:
 
 def torch_backends(optimizer: str) -> tuple[str, ...]:
     """The backends torch.optim.<optimizer> offers: foreach and fused where it takes
-    ``foreach=`` and ``fused=`` (Muon takes neither: forloop only)."""
+    ``foreach=`` and ``fused=`` (Muon takes neither: forloop only); none where torch.optim has
+    no such optimizer (Lion): the `torch` implementation then expands to no case."""
     if not hasattr(torch.optim, optimizer):
-        return ("forloop", "foreach")
+        return ()
     takes = _signature(optimizer).parameters
     return tuple(b for b in TORCH_BACKENDS if b == "forloop" or b in takes)
 
