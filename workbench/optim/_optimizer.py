@@ -253,20 +253,9 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                 self._keep_created_state(tensor_lists, range(len(params)), params, states)
             return
         if backend == "compiled":
-            update = _backends.compiled(self.update_functions["forloop"], self.inductor_options)
-            # (an update may take no lr: one whose lr only initialised its state)
-            if "lr" in hyper and not isinstance(hyper["lr"], Tensor):
-                hyper["lr"] = torch.tensor(hyper["lr"], dtype=torch.float64)
-            # Inductor (torch 2.13, CPU) drops in-place updates to 0-dim fp64 tensors; a 1-element
-            # view of the same storage is updated correctly. Only lists that may hold such tensors
-            # are rebuilt: a view per tensor per step is a good part of a small step's time.
-            fp64_scalar_params = any(p.dim() == 0 and p.dtype == torch.float64 for p in params)
-            tensor_lists = [
-                [_one_dim(t) for t in lst]
-                if fp64_scalar_params or _holds_fp64_scalars(lst)
-                else lst
-                for lst in tensor_lists
-            ]
+            update = _backends.compiled_update(
+                self.update_functions["forloop"], self.inductor_options
+            )
         else:
             update = self.update_functions[backend]
             if backend == "fused":
@@ -355,14 +344,3 @@ def _like_param(t: Tensor, p: Tensor) -> Tensor:
     if p.is_complex() and not t.is_complex():
         t = torch.view_as_complex(t)
     return t if t.shape == p.shape else t.view(p.shape)
-
-
-def _holds_fp64_scalars(tensors: list[Tensor | None]) -> bool:
-    """Whether a list holds 0-dim fp64 tensors (step counts under an fp64 default dtype). A list
-    holds scalars or param-shaped tensors throughout: its first tensor tells which."""
-    first = next((t for t in tensors if t is not None), None)
-    return first is not None and first.dim() == 0 and first.dtype == torch.float64
-
-
-def _one_dim(t: Tensor | None) -> Tensor | None:
-    return t.view(1) if t is not None and t.dim() == 0 and t.dtype == torch.float64 else t

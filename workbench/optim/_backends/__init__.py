@@ -1,4 +1,4 @@
-"""Backend vocabulary, choice of backend, grouping by (device, dtype), the compiled wrapper.
+"""Backend vocabulary, choice of backend, grouping by (device, dtype); the backends as modules.
 
 A backend is a way of running one optimizer's update over a list of tensors:
 
@@ -10,22 +10,22 @@ A backend is a way of running one optimizer's update over a list of tensors:
   scheduler changing lr never recompiles.
 
 Every optimizer writes its update functions with one signature (tensor lists, then keyword-only
-hyperparameters), so the machinery here never needs to know which optimizer it runs. The fused
-backend's glue lives in `fused.py`: it reads the optimizer's UpdateSpec, picks C or Triton, and
-advances the step counts.
+hyperparameters), so the machinery here never needs to know which optimizer it runs. Each backend
+that is more than a call lives in a module of its own: `fused.py` reads the optimizer's
+UpdateSpec, picks C or Triton and advances the step counts; `compiled.py` compiles the forloop
+update with lr and step as tensors.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
-from functools import cache
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .._kernels._triton_env import triton_available, triton_interpreting
+from .compiled import compiled
+from .compiled import update as compiled_update
 
 BACKENDS: tuple[str, ...] = ("forloop", "foreach", "fused", "compiled")
 
@@ -169,47 +169,13 @@ def scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-# Dynamo keeps a few graphs per function and then silently runs it eagerly; a sweep over many
-# sizes and flags would pass that limit and time eager code as "compiled". Allow more graphs and
-# fail loudly past them instead.
-_RECOMPILE_LIMIT = 64
-
-
-@cache
-def compiled(
-    update: Callable[..., None], inductor_options: tuple[tuple[str, Any], ...] = ()
-) -> Callable[..., None]:
-    """The torch.compile of an update function, made once per function.
-
-    Dynamo guards on the tensor lists' length and shapes, so it compiles once per group structure
-    and reuses the graph afterwards; lr arrives as a 0-dim tensor, so a new lr value is new data,
-    not a new graph. Other float hyperparameters are baked into the graph: changing them
-    (betas on a OneCycle schedule) recompiles.
-    """
-    from .._materialize import register_inductor_lowering
-
-    register_inductor_lowering()
-    # Dynamo's guards already check every input's size and stride; Inductor's own assertion of
-    # them, one call per tensor per step, is a tenth of a small step's time: leave it out.
-    options = {"size_asserts": False, **dict(inductor_options)}
-    graph = torch.compile(update, fullgraph=True, dynamic=False, options=options)
-
-    @functools.wraps(update)
-    def run(*args: Any, **kwargs: Any) -> None:
-        with torch._dynamo.config.patch(
-            recompile_limit=_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
-        ):
-            graph(*args, **kwargs)
-
-    return run
-
-
 __all__ = [
     "BACKENDS",
     "DEVICE_STEP_BACKENDS",
     "check_fused_device",
     "common_device_and_dtype",
     "compiled",
+    "compiled_update",
     "default_backend",
     "group_by_device_and_dtype",
     "requested_backend",

@@ -123,7 +123,8 @@ def update(spec: UpdateSpec) -> UpdateFn:
             for row in lazy_rows:
                 for i in new:
                     element[row][i] = torch.empty_like(element[1][i])
-        old = [i for i in range(len(created)) if i not in set(new)]
+        starting = set(new)
+        old = [i for i in range(len(created)) if i not in starting]
         for first_step, part in ((True, new), (False, old)):
             if not part:
                 continue
