@@ -469,7 +469,7 @@ def test_quick_suite_loads_and_stays_small() -> None:
     assert torch_fused == {"Adam", "AdamW", "SGD", "Adagrad"}
     assert {"workbench", "torch"} <= {c.implementation for c in cases}
     # every optimizer against torch.optim's, those with a closure step (LBFGS) or sparse grads
-    # (SparseAdam) included, and one torch lacks (Lion) against a peer's; the compiled backend is
+    # (SparseAdam) included, and those torch lacks against a peer's; the compiled backend is
     # the full sweep's (minutes of compiling)
     assert {c.optimizer for c in cases} == set(OPTIMIZERS)
     in_torch = {name for name in OPTIMIZERS if hasattr(torch.optim, name)}

@@ -72,7 +72,7 @@ def _signature(optimizer: str) -> inspect.Signature:
 def torch_backends(optimizer: str) -> tuple[str, ...]:
     """The backends torch.optim.<optimizer> offers: foreach and fused where it takes
     ``foreach=`` and ``fused=`` (Muon takes neither: forloop only); none where torch.optim has
-    no such optimizer (Lion): the `torch` implementation then expands to no case."""
+    no such optimizer: the `torch` implementation then expands to no case."""
     if not hasattr(torch.optim, optimizer):
         return ()
     takes = _signature(optimizer).parameters
