@@ -29,32 +29,31 @@ REGISTER_BUDGET = 128
 
 
 class Variant(NamedTuple):
-    """One compiled form of a kernel: target, storage dtype, alignment, and its own flags."""
+    """One compiled form of a kernel: target, storage dtype, alignment. (The kernel's own flags
+    are the recorded launch's: tests/kernel_launches.py.)"""
 
     cc: int
     dtype: str
     aligned: bool
-    flags: tuple[tuple[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
-        parts = [f"sm{self.cc}", self.dtype, "aligned" if self.aligned else "unaligned"]
-        return "-".join(parts + [f"{k}={getattr(v, 'name', v)}" for k, v in self.flags])
+        return "-".join([f"sm{self.cc}", self.dtype, "aligned" if self.aligned else "unaligned"])
 
     def request(
         self, kernel: Any, signature: Mapping[str, str], constexprs: Mapping[str, Any]
     ) -> _aot.CompileRequest:
-        """What launch() compiles on a GPU: BLOCK = GPU_BLOCK, launch_num_warps(dtype, aligned).
-        `constexprs` are the kernel's defaults, overridden by the variant's flags."""
-        values = {**constexprs, **dict(self.flags)}
+        """What launch() compiles on a GPU: BLOCK = GPU_BLOCK, launch_num_warps(dtype, aligned),
+        with the kernel's own compile-time values `constexprs`."""
+        values = {**constexprs}
         values |= {"DTYPE": DTYPES[self.dtype], "ALIGNED": self.aligned, "BLOCK": GPU_BLOCK}
         warps = launch_num_warps(TORCH_DTYPES[self.dtype], self.aligned)
         return _aot.CompileRequest(kernel, dict(signature), values, self.cc, warps)
 
 
-def every_layout(flags: tuple[tuple[str, Any], ...] = ()) -> list[Variant]:
+def every_layout() -> list[Variant]:
     """Both targets, every storage dtype, aligned and not."""
-    return [Variant(cc, d, a, flags) for cc in CCS for d in DTYPES for a in (True, False)]
+    return [Variant(cc, d, a) for cc in CCS for d in DTYPES for a in (True, False)]
 
 
 def cases(variants: list[Variant]) -> list[Any]:

@@ -157,8 +157,7 @@ def _recording(recorder: _Recorder) -> Iterator[None]:
 
 def _param(entry: OptimEntry, dtype: torch.dtype) -> torch.nn.Parameter:
     # 64 elements: a multiple of 16, so launch() takes the aligned path
-    param = torch.nn.Parameter(torch.randn(entry.shape((64,)), dtype=dtype))
-    return param
+    return torch.nn.Parameter(torch.randn(entry.shape((64,)), dtype=dtype))
 
 
 def _steps(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, steps: int = 2) -> None:

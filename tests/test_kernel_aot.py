@@ -36,6 +36,11 @@ LAUNCHES: list[Launch] = [] if aot.UNAVAILABLE else [
 ]  # fmt: skip
 
 
+def _width(launch: Launch) -> tuple[int, int]:
+    """How much a launch moves: tensors read and written, then flags on."""
+    return launch.reads + launch.writes, sum(v is True for _, v in launch.constexprs)
+
+
 def _widest(launches: list[Launch]) -> set[int]:
     """Per optimizer and element kernel, the launch moving the most tensors, the most flags on."""
     best: dict[tuple[str, str], Launch] = {}
@@ -43,12 +48,7 @@ def _widest(launches: list[Launch]) -> set[int]:
         if launch.dtype is None:
             continue
         key = (launch.optimizer, launch.kernel_name)
-        score = (launch.reads + launch.writes, sum(v is True for _, v in launch.constexprs))
-        held = best.get(key)
-        if held is None or score > (
-            held.reads + held.writes,
-            sum(v is True for _, v in held.constexprs),
-        ):
+        if key not in best or _width(launch) > _width(best[key]):
             best[key] = launch
     return {id(launch) for launch in best.values()}
 
@@ -57,13 +57,11 @@ def _variants() -> list[tuple[Launch, aot.Variant]]:
     widest = _widest(LAUNCHES)
     out = []
     for launch in LAUNCHES:
-        dtype = launch.dtype or "fp32"
-        layouts = (
-            [(d, a) for d in aot.DTYPES for a in (True, False)] if id(launch) in widest else []
-        )
-        if (dtype, True) not in layouts:
-            layouts.insert(0, (dtype, True))
-        out += [(launch, aot.Variant(cc, d, a)) for cc in aot.CCS for d, a in layouts]
+        if id(launch) in widest:
+            variants = aot.every_layout()
+        else:  # as it ran, aligned, on both targets
+            variants = [aot.Variant(cc, launch.dtype or "fp32", True) for cc in aot.CCS]
+        out += [(launch, variant) for variant in variants]
     return out
 
 

@@ -17,9 +17,7 @@ from torch import Tensor
 
 from . import _backends
 from ._backends import DEVICE_STEP_BACKENDS
-from ._spec import UpdateSpec
-
-UpdateFn = Callable[..., None]
+from ._spec import UpdateFn, UpdateSpec
 
 
 def _dtensor_class() -> type | None:

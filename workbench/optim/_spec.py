@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# What every backend's update is: tensor lists, then keyword-only hyperparameters.
+UpdateFn = Callable[..., None]
+
 # A hyperparameter the kernels take that the update's keywords do not hold as such: computed from
 # them (a decoupled weight decay's factor 1 - lr * weight_decay, rounded as the forloop rounds it).
 Derived = Callable[[Mapping[str, Any]], float]

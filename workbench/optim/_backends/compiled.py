@@ -9,14 +9,13 @@ data, never a new graph. `compiled(fn)` is the graph alone, for other functions 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import torch
 from torch import Tensor
 
-UpdateFn = Callable[..., None]
+from .._spec import UpdateFn
 
 # Dynamo keeps a few graphs per function and then silently runs it eagerly; a sweep over many
 # sizes and flags would pass that limit and time eager code as "compiled". Allow more graphs and

@@ -10,7 +10,6 @@ count on the device. Either way a step call counts once per param.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -18,9 +17,7 @@ import torch
 from torch import Tensor
 
 from .._kernels import cpu as cpu_kernels
-from .._spec import UpdateSpec
-
-UpdateFn = Callable[..., None]
+from .._spec import UpdateFn, UpdateSpec
 
 
 @cache
