@@ -9,6 +9,7 @@ the columns of a run from the trust checks on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -300,6 +301,45 @@ def test_unstable_rows_without_a_change_are_same_with_the_flags_noted() -> None:
     new = synthetic_rows(1, recorded=True, extra=extra, **QUIET)
     case = verdicts(base, new).loc[SLOWED]
     assert case["verdict"] == "same" and case["note"] == "new run: probe-drift"
+
+
+def _with_probe(rows: list[dict], bw: dict[Key, float] | float) -> list[dict]:
+    """Every row's in-window bandwidth reading: one for the run, or per case."""
+    for row in rows:
+        key = (row["implementation"], row["backend"], row["size"])
+        row["probe_window_bw"] = bw if isinstance(bw, float) else bw.get(key, 50e9)
+    return rows
+
+
+def test_a_change_the_machine_made_too_is_inconclusive() -> None:
+    """New's host 1.2x slower (its probe read 50 -> 41.7 GB/s) and every case 1.2x slower with
+    it: nothing is a regression. A genuine 1.5x on top of that still is."""
+    slower_host = 1.2
+    base = _with_probe(synthetic_rows(0, **QUIET), 50e9)
+    new = _with_probe(synthetic_rows(1, scale=slower_host, **QUIET), 50e9 / slower_host)
+    unprobed = synthetic_rows(1, scale=slower_host, **QUIET)
+    assert set(verdicts(base, unprobed)["verdict"]) == {"regression"}  # without the probe
+    result = verdicts(base, new)
+    assert set(result["verdict"]) == {"inconclusive"}
+    assert result["machine_change"].to_numpy() == pytest.approx(slower_host)
+    assert result["note"].str.startswith("the machine moved as much").all()
+    slow = {SLOWED: 1.5}
+    new = _with_probe(synthetic_rows(1, scale=slower_host, slow=slow, **QUIET), 50e9 / slower_host)
+    result = verdicts(base, new)
+    assert result.loc[SLOWED, "verdict"] == "regression"
+    assert (result["verdict"].drop(index=[SLOWED]) == "inconclusive").all()
+
+
+def test_a_machine_that_moved_the_other_way_excuses_nothing() -> None:
+    base = _with_probe(synthetic_rows(0, **QUIET), 50e9)
+    new = _with_probe(synthetic_rows(1, slow={SLOWED: 1.5}, **QUIET), {SLOWED: 60e9})
+    case = verdicts(base, new).loc[SLOWED]
+    assert case["machine_change"] == pytest.approx(50 / 60)
+    assert case["verdict"] == "regression" and case["note"] == ""
+    # one side without the reading (probe off): no machine figure, the verdict as before
+    new = synthetic_rows(1, slow={SLOWED: 1.2}, **QUIET)
+    case = verdicts(base, new).loc[SLOWED]
+    assert math.isnan(case["machine_change"]) and case["verdict"] == "regression"
 
 
 # --- ratio mode ---------------------------------------------------------------------------------

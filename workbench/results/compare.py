@@ -33,6 +33,17 @@ Verdicts of a case ok in both runs:
   or a flag such as interference: the number is not to be taken at face value). `note` says why;
 - same: within the threshold, with a noise floor below it.
 
+The machine's own move (metric="time"): rows record the memory bandwidth a streaming probe read
+in the rounds of their group (`probe_window_bw`). Back-to-back runs of one commit on a shared VM
+move as a whole by up to ~8% in step time, with the probe (measured: the run-level shift of 79
+cases' times against the probe's, r = -0.6 over four quick runs), and a single group can land in
+a 20% dip of the host. When both sides have the reading, `machine_change` is base bw / new bw
+(above 1: the machine was slower in new). A change beyond the threshold that is no longer beyond
+it once the machine's move in the same direction is taken out of it (or that the machine's move
+exceeds: a probe that read a burst moves further than the steps) is inconclusive ("the machine
+moved as much"): the gate cannot tell a slower build from a slower host. A machine that moved the
+other way never excuses anything, and nothing is made a regression by the probe alone.
+
 The default threshold is DEFAULT_THRESHOLD, 10%: back-to-back runs of the same commit on a 2-core
 VM drift by 5-7% on many cases, a drift between processes that no run sees in its own samples, so
 a 5% threshold fails identical code. Ask for less (--threshold) on a quiet, pinned machine.
@@ -107,7 +118,7 @@ DEFAULT_THRESHOLD = 0.10
 BOOTSTRAP_RESAMPLES = 1000
 MIN_BOOTSTRAP_SAMPLES = 8
 # What pool_cases adds to a case's axes.
-POOLED_FIELDS = ("status", "error", "samples", "noise", "flags", "unstable")
+POOLED_FIELDS = ("status", "error", "samples", "noise", "flags", "unstable", "machine_bw")
 
 
 def case_axes(*frames: pd.DataFrame) -> list[str]:
@@ -160,7 +171,15 @@ def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "noise": _side_noise(ok, chunks, samples),
         "flags": flags,
         "unstable": any(_row_unstable(r) for r in ok),
+        "machine_bw": _machine_bw(ok),
     }
+
+
+def _machine_bw(ok: list[dict[str, Any]]) -> float:
+    """The bandwidth the group's in-window probe read (the median over the case's repeats), NaN
+    where no row recorded it (probe off, a sharded case, an old run)."""
+    readings = [v for r in ok if (v := _finite(r.get("probe_window_bw"))) and v > 0]
+    return float(np.median(readings)) if readings else math.nan
 
 
 def _row_samples(row: dict[str, Any]) -> np.ndarray:
@@ -251,6 +270,8 @@ def compare_runs(
     _decide(out, threshold, alpha)
     columns = [*axes, "verdict", "base_median_s", "new_median_s", "change", "noise_floor"]
     columns += ["p_value", "p_raw", "base_noise", "new_noise"]
+    if metric == "time":
+        columns += ["machine_change"]
     if metric == "ratio":
         columns += ["base_vs_torch", "new_vs_torch"]
     out = out.reindex(columns=[*columns, "n_base", "n_new", "note"])
@@ -267,6 +288,7 @@ def _blank(b: dict | None, n: dict | None) -> dict[str, Any]:
         "n_new": _count(n), "change": nan, "p_slower": nan, "p_faster": nan, "verdict": None,
         "note": "", "base_noise": nan, "new_noise": nan, "noise_floor": nan,
         "_base_flags": [], "_new_flags": [], "_base_unstable": False, "_new_unstable": False,
+        "machine_change": nan,
     }  # fmt: skip
 
 
@@ -320,6 +342,8 @@ def _verdict(row: dict[str, Any], threshold: float, alpha: float) -> tuple[str, 
     marks = _unstable_note(row)
     if beyond_threshold and marks:
         return "inconclusive", marks
+    if beyond_threshold and (moved := _machine_moved(change, row["machine_change"], threshold)):
+        return "inconclusive", moved
     # floor <= threshold makes a change beyond the threshold beyond the floor too: the floor
     # only has a say when it exceeds the threshold, and then it hides threshold-sized changes
     if floor > threshold and not size > math.log1p(floor):
@@ -330,6 +354,22 @@ def _verdict(row: dict[str, Any], threshold: float, alpha: float) -> tuple[str, 
         shown = "not tested" if math.isnan(p) else f"not significant (p {p:.2g} >= {alpha:g})"
         return "inconclusive", row["note"] or shown
     return ("regression" if change > 1 else "improvement"), row["note"]
+
+
+def _machine_moved(change: float, machine: float, threshold: float) -> str:
+    """Why a change beyond the threshold is the machine's ("" when it is not): the bandwidth
+    probe moved the same way, and the change divided by that move is within the threshold."""
+    if not (machine > 0 and math.isfinite(machine)):
+        return ""
+    same_direction = math.log(change) * math.log(machine) > 0
+    # "as much or more": a probe that read a burst moves further than the steps it rode along
+    if not same_direction or abs(math.log(change)) - abs(math.log(machine)) > math.log1p(threshold):
+        return ""
+    way = "slower" if machine > 1 else "faster"
+    return (
+        f"the machine moved as much: its bandwidth probe read {machine:.3f}x {way} "
+        f"in the new run's rounds, against this case's {change:.3f}x"
+    )
 
 
 def _unstable_note(row: dict[str, Any]) -> str:
@@ -409,6 +449,7 @@ def _test_time(b: dict, n: dict) -> dict[str, Any]:
     slower = change >= 1
     p = float(mannwhitneyu(x, y, alternative="greater" if slower else "less").pvalue)
     out = {"change": change, "p_slower": p if slower else 1.0, "p_faster": 1.0 if slower else p}
+    out["machine_change"] = b["machine_bw"] / n["machine_bw"]  # NaN unless both sides read it
     return {**out, **_noise_fields(b, n)}
 
 
