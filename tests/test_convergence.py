@@ -17,7 +17,8 @@ import torch
 from workbench.cli import main
 from workbench.harness.cases import Case
 from workbench.harness.convergence import run_convergence_case, run_steps
-from workbench.harness.suite import Suite, load_suite
+from workbench.harness.suite import Suite
+from workbench.harness.suite_loader import load_suite
 from workbench.optim import OPTIMIZERS
 from workbench.problems import PROBLEMS
 from workbench.problems.functions import QUADRATIC_CONDITION, _quadratic_data

@@ -123,7 +123,7 @@ def test_a_hanging_rank_becomes_an_error_row(tmp_path: Path, monkeypatch) -> Non
 
 def test_more_ranks_than_gpus_is_a_skipped_row(tmp_path: Path, monkeypatch) -> None:
     from workbench.harness.runner import CaseFailure, run_case
-    from workbench.harness.suite import load_suite
+    from workbench.harness.suite_loader import load_suite
 
     suite_file = tmp_path / "gpu.toml"
     text = SHARDED.format(timeout=10).replace('backend = "gloo"', 'backend = "nccl"')
@@ -146,7 +146,8 @@ def test_more_ranks_than_gpus_is_a_skipped_row(tmp_path: Path, monkeypatch) -> N
     ],
 )
 def test_bad_distributed_settings_are_refused(tmp_path: Path, old: str, new: str, key: str):
-    from workbench.harness.suite import SuiteError, load_suite
+    from workbench.harness.suite import SuiteError
+    from workbench.harness.suite_loader import load_suite
 
     suite_file = tmp_path / "bad.toml"
     suite_file.write_text(SHARDED.format(timeout=10).replace(old, new))
@@ -156,7 +157,7 @@ def test_bad_distributed_settings_are_refused(tmp_path: Path, old: str, new: str
 
 
 def test_shipped_suites_have_sharded_cases_beside_single_process_ones() -> None:
-    from workbench.harness.suite import load_suite
+    from workbench.harness.suite_loader import load_suite
 
     full = load_suite(ROOT / "suites" / "full.toml")
     sharded = [c for c in full.cases() if c.world_size > 1]

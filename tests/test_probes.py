@@ -264,7 +264,6 @@ def test_capabilities_on_cpu_name_what_is_missing() -> None:
     caps = environment.capabilities(CPU)
     for key in (
         "latency_cuda_events",
-        "cuda_graph_replay",
         "peak_allocator_stats",
         "gpu_telemetry",
     ):

@@ -19,7 +19,8 @@ from workbench.harness.cases import Case
 from workbench.harness.convergence import ReferenceCache, run_convergence_case, run_steps
 from workbench.harness.runner import run_case
 from workbench.harness.step_protocols import Workload, build_workload, protocol_for
-from workbench.harness.suite import SuiteError, load_suite
+from workbench.harness.suite import SuiteError
+from workbench.harness.suite_loader import load_suite
 from workbench.optim import OPTIMIZERS, Adam, SparseAdam
 from workbench.problems import PROBLEMS
 from workbench.results import load

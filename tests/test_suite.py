@@ -18,8 +18,8 @@ import torch
 from tests.optim_table import TABLE
 from workbench.harness.cases import Case
 from workbench.harness.shapes import UnknownProfileError, known_profiles, profile_shapes
-from workbench.harness.suite import SuiteError, TimingSettings, load_suite
-from workbench.harness.suite_loader import implementation_backends, torch_backends
+from workbench.harness.suite import SuiteError, TimingSettings
+from workbench.harness.suite_loader import implementation_backends, load_suite, torch_backends
 from workbench.optim import OPTIMIZERS, Adamax
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from workbench.cli import main
 from workbench.harness import stability
 from workbench.harness.measure import visit_settings
 from workbench.harness.meters import StepCounters
-from workbench.harness.suite import SuiteError, TimingSettings, load_suite
+from workbench.harness.suite import SuiteError, TimingSettings
+from workbench.harness.suite_loader import load_suite
 from workbench.harness.timing import Timing, pooled
 from workbench.results import load
 

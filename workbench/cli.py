@@ -48,7 +48,7 @@ def _suite_errors() -> tuple[type[Exception], ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workbench.harness import environment
-    from workbench.harness.suite import load_suite
+    from workbench.harness.suite_loader import load_suite
 
     if args.resume:
         # the lock before anything else: a run another process is writing is refused (exit 2)
@@ -321,7 +321,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from workbench.harness import launches
     from workbench.harness.step_protocols import build_workload
-    from workbench.harness.suite import load_suite
+    from workbench.harness.suite_loader import load_suite
 
     suite = load_suite(args.suite, args.set)
     cases = suite.cases()

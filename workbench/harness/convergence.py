@@ -41,9 +41,10 @@ from workbench.problems import PROBLEMS, Problem
 
 from .cases import Case
 from .implementations import make_optimizer
-from .runner import CaseFailure
+from .measure import CaseFailure, check_runnable
 from .step_protocols import CLOSURE, SPARSE, protocol_for
 from .suite import Suite
+from .timing import sync
 
 # Added to the reference's norm so that a reference at the origin (Rastrigin's optimum) does not
 # divide by zero; far below any float32 rounding of a param vector of norm ~1.
@@ -59,11 +60,6 @@ class Steps:
     points: Tensor  # [len(losses), numel]: the params after k steps, flattened, on the CPU
     diverged_step: int | None  # the first k whose loss or params are not finite
     evals: list[int] = dataclasses.field(default_factory=list)  # gradient evaluations in k steps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _flat(params: Sequence[Tensor]) -> Tensor:
@@ -108,7 +104,7 @@ def run_steps(
             objective = functools.partial(problem.training_loss, params, k, sparse)
             loss, n = _step(optimizer, protocol, objective)
             recorded = loss if full_batch else recorded
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - start
         assert recorded is not None
         losses.append(float(recorded.detach()))
@@ -204,9 +200,8 @@ def run_convergence_case(
 ) -> dict[str, Any]:
     """Run one convergence case; the row's fields (status "diverged" with the step, not raised,
     so that the curve up to the blow-up is kept)."""
+    check_runnable(case)
     device = torch.device(case.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CaseFailure("skipped", "CUDA is not available on this machine")
     if case.problem is None:
         raise CaseFailure("error", "a convergence case needs a problem")
     problem = PROBLEMS[case.problem]
@@ -236,12 +231,14 @@ def run_convergence_case(
     if (case.implementation, case.backend) == (ref_case.implementation, ref_case.backend):
         references.put(key, steps)  # this case is its own reference: no second run
     reference = references.get(key, lambda: run(ref_case))
-    return _row(problem, settings.steps, settings.seed, steps, reference, reference_label(case))
+    return _fields(problem, settings.steps, settings.seed, steps, reference, reference_label(case))
 
 
-def _row(
+def _fields(
     problem: Problem, n_steps: int, seed: int, steps: Steps, reference: Steps, label: str
 ) -> dict[str, Any]:
+    """The case's measurements: what measure.case_row puts in its row after its id and axes (as
+    measure.finish_case's are for a latency case)."""
     finite = [v for v in steps.losses if math.isfinite(v)]
     distances = relative_distances(steps.points, reference.points)
     hit = next((k for k, v in enumerate(steps.losses) if v <= problem.target_loss), None)

@@ -8,7 +8,9 @@ unwraps them to the local shards; torch.optim's runs DTensor ops).
 
 Measured on every rank, then gathered to rank 0, which writes the row:
 - step latency: a fixed number of steps agreed by all ranks, each preceded by a barrier so that
-  the ranks start it together; one sample per step per rank (perf_counter; CUDA: synchronized).
+  the ranks start it together; one sample per step per rank (timing.time_calls: perf_counter;
+  CUDA: synchronized). The row's figures of the samples are every latency row's
+  (timing.sample_fields).
 - communication: the collectives one FSDP2 training step adds around this optimizer step, over a
   flat buffer of all the params (FSDP2 groups params per module; one group here): the
   reduce-scatter of the full gradients to the shards and the all-gather of the updated shards
@@ -34,15 +36,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# torch and the stdlib only, like this module: nothing here imports triton (see main)
+from workbench.harness.timing import Timing, sample_fields, time_calls
+
 # a test-only fault: this rank sleeps instead of stepping (the runner must end the case)
 HANG_ENV = "WORKBENCH_TEST_HANG_RANK"
 # collectives over all params are long on big models: a median of this many calls at most
 COMM_REPEATS = 20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _shard(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -85,21 +85,17 @@ def _padded_chunk(shape: Any, world: int) -> int:
     return math.ceil(shape[0] / world) * math.prod(shape[1:])
 
 
-def _median_times(fn: Any, n: int, device: torch.device) -> list[float]:
-    samples = []
-    for _ in range(n):
-        dist.barrier()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - t0)
-    return samples
+def _together(call: Any, n: int, device: torch.device) -> list[float]:
+    """`n` timed calls, every rank starting each one at once (a barrier before it)."""
+    return time_calls(call, n, device, before=dist.barrier)
 
 
 def run_rank(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's measurements of the spec's case; on rank 0, the case's row (else None)."""
     from torch.distributed.device_mesh import init_device_mesh
 
+    # imported here, not at the top: they import workbench.optim, and through it triton, which
+    # must not be imported before main() has set TRITON_INTERPRET from the spec
     from workbench.harness import launches, memory
     from workbench.harness.cases import Case
     from workbench.harness.implementations import make_optimizer
@@ -125,15 +121,11 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any] | None:
     if os.environ.get(HANG_ENV) == str(rank):
         time.sleep(1e6)
 
-    dist.barrier()
-    _sync(device)
-    t0 = time.perf_counter()
-    optimizer.step()  # first call: state creation (and compilation for "compiled")
-    _sync(device)
-    first_call_s = time.perf_counter() - t0
+    # first call: state creation (and compilation for "compiled")
+    (first_call_s,) = _together(optimizer.step, 1, device)
 
     # how many steps: from the slowest rank's short warm-up, the same count on every rank
-    warm = _median_times(optimizer.step, 3, device)
+    warm = _together(optimizer.step, 3, device)
     per_step = torch.tensor([max(statistics.median(warm), 1e-6)], dtype=torch.float64)
     dist.all_reduce(per_step, op=dist.ReduceOp.MAX)
     n_warm = min(1000, math.ceil(timing["warmup_s"] / per_step.item()))
@@ -141,7 +133,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any] | None:
     n = max(timing["min_steps"], min(timing["max_steps"], n))
     for _ in range(n_warm):
         optimizer.step()
-    steps = _median_times(optimizer.step, n, device)
+    steps = _together(optimizer.step, n, device)
     if not all(bool(torch.isfinite(p.to_local()).all()) for p in params):
         raise RuntimeError(f"rank {rank}: a param became NaN or inf during the timed steps")
 
@@ -152,8 +144,8 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any] | None:
     shard = torch.zeros(per_rank, dtype=dtype, device=device)
     full = torch.zeros(per_rank * world, dtype=dtype, device=device)
     reps = min(n, COMM_REPEATS)
-    gather = _median_times(lambda: dist.all_gather_into_tensor(full, shard), reps, device)
-    scatter = _median_times(lambda: dist.reduce_scatter_tensor(shard, full), reps, device)
+    gather = _together(lambda: dist.all_gather_into_tensor(full, shard), reps, device)
+    scatter = _together(lambda: dist.reduce_scatter_tensor(shard, full), reps, device)
 
     mine: dict[str, Any] = {
         "first_call_s": first_call_s,
@@ -179,14 +171,9 @@ def combine(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from every rank's measurements: per-rank lists, and the figure a sharded step is
     judged by (a step ends when its slowest rank does: per-step maximum over ranks)."""
     samples = [max(per_step) for per_step in zip(*(r["samples_s"] for r in ranks))]
-    q1, _, q3 = statistics.quantiles(samples, n=4)
+    slowest = Timing(first_call_s=max(r["first_call_s"] for r in ranks), samples_s=samples)
     row: dict[str, Any] = {
-        "first_call_s": max(r["first_call_s"] for r in ranks),
-        "median_s": statistics.median(samples),
-        "iqr_s": q3 - q1,
-        "min_s": min(samples),
-        "n_samples": len(samples),
-        "samples_s": samples,
+        **sample_fields(slowest),
         "working_set_copies": 1,
         "rank_median_s": [r["median_s"] for r in ranks],
         "rank_shard_numel": [r["shard_numel"] for r in ranks],

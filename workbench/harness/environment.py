@@ -93,7 +93,6 @@ def capabilities(device: torch.device | str) -> dict[str, str | None]:
     not_cuda = f"device is {device.type}, not CUDA"
     caps: dict[str, str | None] = {
         "latency_cuda_events": None if cuda else f"{not_cuda}: timed with time.perf_counter",
-        "cuda_graph_replay": None if cuda else not_cuda,
         "peak_allocator_stats": None
         if cuda
         else f"{not_cuda}: no allocator counters; peak from torch.profiler memory events",

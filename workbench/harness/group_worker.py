@@ -15,22 +15,21 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import conditions, quiet
 from .cases import Case
+from .measure import CaseFailure, Outcome, case_row, failed_outcome, measure_group
 from .suite import Suite
+from .suite_loader import load_suite
 
-Outcome = Callable[[], dict[str, Any]]
 # a worker that has not written its rows by then is killed: its cases become error rows
 _TIMEOUT_S = 3600
 
 
 def measure_in_worker(cases: list[Case], suite: Suite, log: Path) -> list[tuple[Case, Outcome]]:
     """Measure `cases` (one group) in a child process; per case a callable giving its row."""
-    from .measure import failed_outcome
-
     with tempfile.TemporaryDirectory(prefix="workbench-group-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "rows.json"
         spec.write_text(
@@ -59,7 +58,6 @@ def measure_in_worker(cases: list[Case], suite: Suite, log: Path) -> list[tuple[
 
 def _replay(row: dict[str, Any]) -> Outcome:
     """The worker's row, or the failure it recorded, as the runner's outcome."""
-    from .measure import CaseFailure
 
     def outcome() -> dict[str, Any]:
         if row.get("status", "ok") != "ok":
@@ -71,18 +69,14 @@ def _replay(row: dict[str, Any]) -> Outcome:
 
 
 def main(spec_path: str, out_path: str) -> int:
-    from . import conditions, quiet
-    from .measure import measure_group
-    from .runner import _row
-    from .suite import load_suite
-
+    """The worker process: measure the spec's group and write its rows (one per case id)."""
     spec = json.loads(Path(spec_path).read_text())
     conditions.control()
     quiet.log_to(Path(spec["log"]))
     suite = load_suite(spec["suite"], spec["overrides"])
     by_id = {c.case_id: c for c in suite.cases()}
     cases = [by_id[i] for i in spec["case_ids"]]
-    rows = {case.case_id: _row(case, outcome) for case, outcome in measure_group(cases, suite)}
+    rows = {case.case_id: case_row(case, outcome) for case, outcome in measure_group(cases, suite)}
     Path(out_path).write_text(json.dumps(rows, default=_plain))
     return 0
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,10 @@ import torch
 
 from . import bandwidth, launches, memory, stability
 from .cases import Case
+from .implementations import ImplementationError
 from .step_protocols import DENSE, Workload, build_workload, timed_row_fields
 from .suite import Suite
-from .timing import Timing, pooled, time_interleaved
+from .timing import Timing, pooled, sample_fields, time_interleaved
 
 # A working set smaller than this many times the last-level cache is replicated and the copies
 # stepped in turn, so each timed step streams from memory as a real model's step would.
@@ -47,7 +49,9 @@ Outcome = Callable[[], dict[str, Any]]
 
 
 class CaseFailure(Exception):
-    def __init__(self, status: str, message: str):
+    """A case that gives no measurement: ``status`` is its row's (skipped, no-op, nan, error...)."""
+
+    def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
 
@@ -315,18 +319,9 @@ def finish_case(prepared: PreparedCase, timing: Timing, suite: Suite) -> dict[st
     if not all(bool(torch.isfinite(p).all()) for p in workload.params):
         raise CaseFailure("nan", "a param became NaN or inf during the timed steps")
     samples = timing.samples_s
-    lo, hi = stability.median_ci(samples)
     nbytes = workload.minimal_bytes or 0
     row: dict[str, Any] = {
-        "first_call_s": timing.first_call_s,
-        "median_s": timing.median_s,
-        "iqr_s": timing.iqr_s,
-        "min_s": min(samples),
-        "median_ci_low_s": lo,
-        "median_ci_high_s": hi,
-        "noise": timing.noise,
-        "n_samples": len(samples),
-        "samples_s": samples,
+        **sample_fields(timing),
         "extended": timing.extended,
         "remeasured": timing.remeasured,
         **_visit_fields(timing),
@@ -389,8 +384,31 @@ def check_step_changes_params(prepared: PreparedCase) -> None:
     )
 
 
+def case_row(case: Case, outcome: Outcome) -> dict[str, Any]:
+    """The case's row: its id and axes, then what `outcome` measured, or the failure it raised.
+
+    Every row of a run is made here, whatever measured it (a latency group here or in a worker
+    process, a sharded case, a convergence case), so that a failure reads the same in all of them.
+    """
+    row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
+    try:
+        row.update(outcome())
+        # a diverged convergence case returns its status, to keep its curve in the row
+        row.setdefault("status", "ok")
+        row.setdefault("error", None)
+    except (CaseFailure, ImplementationError) as e:
+        row["status"], row["error"] = e.status, str(e)
+    except torch.OutOfMemoryError as e:
+        row["status"], row["error"] = "oom", str(e).splitlines()[0]
+    except Exception as e:  # a failing case is a row; the sweep goes on
+        row["status"] = "error"
+        row["error"] = f"{type(e).__name__}: {e}"
+        row["traceback"] = traceback.format_exc(limit=8)
+    return row
+
+
 def failed_outcome(error: Exception) -> Outcome:
-    """An outcome that raises `error` when its row is built (see runner._row)."""
+    """An outcome that raises `error` when its row is built (see case_row)."""
 
     def outcome() -> dict[str, Any]:
         raise error

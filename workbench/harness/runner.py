@@ -24,7 +24,7 @@ run killed earlier times its groups again on --resume.
 from __future__ import annotations
 
 import gc
-import traceback
+import json
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -32,14 +32,20 @@ from typing import Any
 
 import torch
 
-from workbench.results.store import RunStore
+from workbench.results.store import RunStore, now
 
 from . import bandwidth, conditions, quiet, stability
 from .cases import Case
-from .implementations import ImplementationError
+from .convergence import ReferenceCache, run_convergence_case
+from .distributed import LaunchError, launch, rank_temp_dir
+from .distributed_worker import spec_for
+from .group_worker import measure_in_worker
+from .interleave import interleave_groups
 from .measure import (
     CaseFailure,
+    Outcome,
     Visit,
+    case_row,
     check_runnable,
     failed_outcome,
     measure_group,
@@ -54,8 +60,6 @@ __all__ = ["CaseFailure", "run_case", "run_cases"]
 # the probe between groups: shorter than the run-level default, it runs once per group
 _PROBE_REPS, _PROBE_MIN_S = 10, 0.3
 LOG_FILE = "run.log"
-
-Outcome = Callable[[], dict[str, Any]]
 
 
 def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]:
@@ -74,11 +78,6 @@ def run_case(case: Case, suite: Suite, probe_bw: float | None) -> dict[str, Any]
 def run_sharded_case(case: Case, suite: Suite) -> dict[str, Any]:
     """A case sharded over ``world_size`` ranks: one process per rank (distributed_worker), rank 0
     writes the row; a rank that fails or outlives ``[distributed] timeout_s`` ends the case."""
-    import json
-
-    from .distributed import LaunchError, launch, rank_temp_dir
-    from .distributed_worker import spec_for
-
     check_runnable(case)
     if protocol_for(case.optimizer) != DENSE:
         raise CaseFailure("error", f"{case.optimizer}'s step protocol cannot be sharded")
@@ -107,8 +106,6 @@ def run_sharded_case(case: Case, suite: Suite) -> dict[str, Any]:
             raise CaseFailure(e.status, str(e)) from None
         row: dict[str, Any] = json.loads(out.read_text())
     row["other_cpu"] = interference.stop()
-    row["noise"] = stability.relative_noise(row["samples_s"])
-    row["median_ci_low_s"], row["median_ci_high_s"] = stability.median_ci(row["samples_s"])
     flags = []
     if row["noise"] > (suite.timing.target_noise or stability.DEFAULT_NOISY):
         flags.append(stability.NOISY)
@@ -145,9 +142,6 @@ def run_cases(
     shared by the cases of one run). `on_visit_done(unit, index, of)` follows each earlier
     visit of a latency group (see the module docstring); `on_case_done` each row.
     """
-    from .convergence import ReferenceCache, run_convergence_case  # it imports CaseFailure
-    from .interleave import interleave_groups
-
     store.manifest["conditions"] = conditions.control()
     store.write_manifest()
     quiet.log_to(store.run_dir / LOG_FILE)
@@ -175,12 +169,10 @@ def run_cases(
             elif unit[0].world_size > 1:
                 outcomes = [(unit[0], partial(run_sharded_case, unit[0], suite))]
             elif in_workers:
-                from .group_worker import measure_in_worker
-
                 outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
             else:
                 outcomes = measure_group(unit, suite, earlier.pop(number, None))
-            rows = [_row(case, outcome) for case, outcome in outcomes]
+            rows = [case_row(case, outcome) for case, outcome in outcomes]
         del outcomes
         _release(device)
         after = probes.after(device) if latency else None
@@ -257,17 +249,11 @@ class _Probes:
             return e
         if value is not None:
             readings = self.store.manifest.setdefault("probes", [])
-            readings.append({"device": device, "bytes_per_s": value, "at": _now()})
+            readings.append({"device": device, "bytes_per_s": value, "at": now()})
             ours = sorted(r["bytes_per_s"] for r in readings if r["device"] == device)
             self.store.manifest.setdefault("stream_bandwidth", {})[device] = ours[len(ours) // 2]
             self.store.write_manifest()
         return value
-
-
-def _now() -> str:
-    from workbench.results.store import now
-
-    return now()
 
 
 def flag_unrepeatable(store: RunStore) -> None:
@@ -314,25 +300,6 @@ _AXES = {
 
 def _is_axis(column: str) -> bool:
     return column in _AXES or column.startswith("flag_")
-
-
-def _row(case: Case, outcome: Outcome) -> dict[str, Any]:
-    """The case's row: what `outcome` measured, or the failure it raised."""
-    row: dict[str, Any] = {"case_id": case.case_id, **case.axes()}
-    try:
-        row.update(outcome())
-        # a diverged convergence case returns its status, to keep its curve in the row
-        row.setdefault("status", "ok")
-        row.setdefault("error", None)
-    except (CaseFailure, ImplementationError) as e:
-        row["status"], row["error"] = e.status, str(e)
-    except torch.OutOfMemoryError as e:
-        row["status"], row["error"] = "oom", str(e).splitlines()[0]
-    except Exception as e:  # a failing case is a row; the sweep goes on
-        row["status"] = "error"
-        row["error"] = f"{type(e).__name__}: {e}"
-        row["traceback"] = traceback.format_exc(limit=8)
-    return row
 
 
 def _probe(device: str) -> float | None:

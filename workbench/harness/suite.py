@@ -79,12 +79,13 @@ Backends per implementation: the workbench gets the listed backends its optimize
 implements; torch gets forloop and foreach, plus fused where torch.optim.<name> has a ``fused``
 argument (it has no compiled backend of its own); peers have one way of running, "default".
 
-``load_suite(path, overrides)`` takes ``--set key=value`` strings: a dotted key
+``suite_loader.load_suite(path, overrides)`` takes ``--set key=value`` strings: a dotted key
 (``timing.budget_s=1``, ``axes.dtypes=["bfloat16"]``, ``flags.Adam.amsgrad=[true]``) and a TOML
 value; a bare word (``suite.name=smoke``) is taken as a string. Everything is checked before any
 case runs: a mistake raises :class:`SuiteError` naming the file, the key and the reason.
-This module holds the vocabulary, the settings and the overrides; the key-by-key checks and the
-expansion into cases are in ``suite_loader``.
+This module holds the vocabulary and the settings, and imports nothing of the loader: reading the
+file, the overrides, the key-by-key checks and the expansion into cases are in ``suite_loader``,
+which imports this module (one way, so that the two can be read and tested apart).
 """
 
 from __future__ import annotations
@@ -98,11 +99,6 @@ from typing import Any
 
 from workbench.harness.cases import Case
 from workbench.optim import BACKENDS
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 DEVICES = ("cpu", "cuda")
@@ -119,7 +115,6 @@ _KIND_AXIS = {"latency": "sizes", "convergence": "problems"}
 _KIND_TABLES = {"latency": ("timing", "measure", "sparse"), "convergence": ("convergence",)}
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_BARE_WORD = re.compile(r"^[\w.:+\-]+$")
 
 # Keyword arguments the harness sets itself, so a suite may not.
 _RESERVED_FLAGS = {
@@ -272,86 +267,6 @@ class Suite:
             "n_cases": len(self._cases),
             "document": self.document,
         }
-
-
-def load_suite(path: Path | str, overrides: Sequence[str] = ()) -> Suite:
-    """Read, override, validate and expand a suite; raise SuiteError on the first mistake."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SuiteError(path, "file", f"cannot read it: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition: say where the bad byte is
-        bad = e.object[e.start : e.start + 1].hex()
-        raise SuiteError(
-            path, f"byte {e.start}", f"not UTF-8 text: {e.reason} (0x{bad}); save it as UTF-8"
-        ) from None
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(path, f"line {_error_line(e, text)}", f"not valid TOML: {e}") from None
-    overridden = _apply_overrides(path, document, overrides)
-    from .suite_loader import _Loader  # it imports this module's vocabulary and settings
-
-    return _Loader(path, overridden).build(document, tuple(overrides))
-
-
-def _error_line(error: Exception, text: str) -> int:
-    """The line a TOML error is on: its `lineno` (Python 3.14+), else parsed from the message,
-    which says "(at line N, column M)" or "(at end of document)"."""
-    if isinstance(getattr(error, "lineno", None), int):
-        return error.lineno  # type: ignore[attr-defined]
-    found = re.search(r"line (\d+)", str(error))
-    return int(found[1]) if found else max(1, len(text.splitlines()))
-
-
-# --- overrides -------------------------------------------------------------------------------
-
-
-def _apply_overrides(path: Path, document: dict[str, Any], overrides: Sequence[str]) -> list[str]:
-    keys = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        where = f"--set {key or item}"
-        if not sep or not key:
-            raise SuiteError(path, where, "expected key=value, e.g. timing.budget_s=1")
-        parts = key.split(".")
-        _check_override_key(path, where, parts)
-        value = _parse_value(path, where, text.strip())
-        node = document
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                prefix = ".".join(parts[: depth + 1])
-                raise SuiteError(path, where, f"{prefix} is not a table")
-        node[parts[-1]] = value
-        keys.append(key)
-    return keys
-
-
-def _check_override_key(path: Path, where: str, parts: list[str]) -> None:
-    table = parts[0]
-    if any(not part for part in parts) or table not in _TABLES:
-        raise SuiteError(path, where, f"unknown table {table!r}{_did_you_mean(table, _TABLES)}")
-    if table in _SCHEMA and len(parts) == 2 and parts[1] not in _SCHEMA[table]:
-        hint = _did_you_mean(parts[1], _SCHEMA[table])
-        raise SuiteError(path, where, f"unknown key {parts[1]!r} in [{table}]{hint}")
-    depth = {"exclude": 1, "flags": 3}.get(table, 2)
-    if len(parts) > depth:
-        raise SuiteError(path, where, f"too many parts: [{table}] keys go {depth - 1} deep")
-
-
-def _parse_value(path: Path, where: str, text: str) -> Any:
-    try:
-        parsed = tomllib.loads(f"value = {text}")
-    except tomllib.TOMLDecodeError as e:
-        if _BARE_WORD.match(text):
-            return text  # a bare word: suite.name=smoke
-        raise SuiteError(path, where, f"{text!r} is not a TOML value ({e})") from None
-    if set(parsed) != {"value"}:
-        raise SuiteError(path, where, f"{text!r} is not a single TOML value")
-    return parsed["value"]
 
 
 # --- validation ------------------------------------------------------------------------------

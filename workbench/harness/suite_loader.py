@@ -1,8 +1,8 @@
-"""Validation and expansion of a parsed suite (the schema is in workbench.harness.suite).
+"""Loading a suite (the schema and vocabulary are in workbench.harness.suite).
 
-``_Loader`` checks a parsed TOML document key by key, each error a SuiteError naming its key,
-then expands the axes and flag matrices into cases; the helpers say which backends each
-implementation offers for an optimizer.
+``load_suite`` reads the TOML file and applies the ``--set`` overrides; ``_Loader`` checks the
+document key by key, each error a SuiteError naming its key, then expands the axes and flag
+matrices into cases; the helpers say which backends each implementation offers for an optimizer.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,94 @@ from .suite import (
     TimingSettings,
     _did_you_mean,
 )
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+_BARE_WORD = re.compile(r"^[\w.:+\-]+$")
+
+
+def load_suite(path: Path | str, overrides: Sequence[str] = ()) -> Suite:
+    """Read, override, validate and expand a suite; raise SuiteError on the first mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(path, "file", f"cannot read it: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition: say where the bad byte is
+        bad = e.object[e.start : e.start + 1].hex()
+        raise SuiteError(
+            path, f"byte {e.start}", f"not UTF-8 text: {e.reason} (0x{bad}); save it as UTF-8"
+        ) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(path, f"line {_error_line(e, text)}", f"not valid TOML: {e}") from None
+    overridden = _apply_overrides(path, document, overrides)
+    return _Loader(path, overridden).build(document, tuple(overrides))
+
+
+def _error_line(error: Exception, text: str) -> int:
+    """The line a TOML error is on: its `lineno` (Python 3.14+), else parsed from the message,
+    which says "(at line N, column M)" or "(at end of document)"."""
+    if isinstance(getattr(error, "lineno", None), int):
+        return error.lineno  # type: ignore[attr-defined]
+    found = re.search(r"line (\d+)", str(error))
+    return int(found[1]) if found else max(1, len(text.splitlines()))
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+
+def _apply_overrides(path: Path, document: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    keys = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        where = f"--set {key or item}"
+        if not sep or not key:
+            raise SuiteError(path, where, "expected key=value, e.g. timing.budget_s=1")
+        parts = key.split(".")
+        _check_override_key(path, where, parts)
+        value = _parse_value(path, where, text.strip())
+        node = document
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise SuiteError(path, where, f"{prefix} is not a table")
+        node[parts[-1]] = value
+        keys.append(key)
+    return keys
+
+
+def _check_override_key(path: Path, where: str, parts: list[str]) -> None:
+    table = parts[0]
+    if any(not part for part in parts) or table not in _TABLES:
+        raise SuiteError(path, where, f"unknown table {table!r}{_did_you_mean(table, _TABLES)}")
+    if table in _SCHEMA and len(parts) == 2 and parts[1] not in _SCHEMA[table]:
+        hint = _did_you_mean(parts[1], _SCHEMA[table])
+        raise SuiteError(path, where, f"unknown key {parts[1]!r} in [{table}]{hint}")
+    depth = {"exclude": 1, "flags": 3}.get(table, 2)
+    if len(parts) > depth:
+        raise SuiteError(path, where, f"too many parts: [{table}] keys go {depth - 1} deep")
+
+
+def _parse_value(path: Path, where: str, text: str) -> Any:
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError as e:
+        if _BARE_WORD.match(text):
+            return text  # a bare word: suite.name=smoke
+        raise SuiteError(path, where, f"{text!r} is not a TOML value ({e})") from None
+    if set(parsed) != {"value"}:
+        raise SuiteError(path, where, f"{text!r} is not a single TOML value")
+    return parsed["value"]
+
+
+# --- validation and expansion ---------------------------------------------------------------
 
 
 def _type_name(value: Any) -> str:

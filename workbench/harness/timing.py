@@ -25,11 +25,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .meters import Interference, StepCounters, gpu_other_processes, usage
-from .stability import relative_noise
+from .stability import median_ci, relative_noise
 
 # how often (seconds) the adaptive phase looks at the medians' precision
 _CHECK_EVERY_S = 0.05
@@ -97,9 +98,52 @@ def pooled(visits: list[Timing]) -> Timing:
     return out
 
 
-def _sync(device: torch.device) -> None:
+def sample_fields(timing: Timing) -> dict[str, Any]:
+    """A row's figures of its timed samples, the same in every latency row (a case timed alone or
+    interleaved, measure.finish_case; a sharded case, distributed_worker.combine): the first call,
+    the median with its 95% CI and precision, the spread, and the raw samples."""
+    samples = timing.samples_s
+    lo, hi = median_ci(samples)
+    return {
+        "first_call_s": timing.first_call_s,
+        "median_s": timing.median_s,
+        "iqr_s": timing.iqr_s,
+        "min_s": min(samples),
+        "median_ci_low_s": lo,
+        "median_ci_high_s": hi,
+        "noise": timing.noise,
+        "n_samples": len(samples),
+        "samples_s": samples,
+    }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that the host's clock covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(
+    call: Callable[[], object],
+    n: int,
+    device: torch.device,
+    *,
+    before: Callable[[], object] | None = None,
+) -> list[float]:
+    """A fixed number of calls, each timed on its own with perf_counter between syncs, `before`
+    run (untimed) ahead of each: the first call of a step, and the steps of a sharded case, whose
+    ranks must agree on how many steps they take and start each one together (`before` is their
+    barrier). The adaptive rounds of everything else are time_interleaved's."""
+    samples = []
+    for _ in range(n):
+        if before is not None:
+            before()
+        sync(device)
+        start = time.perf_counter()
+        call()
+        sync(device)
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def time_steps(
@@ -155,7 +199,7 @@ def time_interleaved(
     while rounds.active and time.perf_counter() < deadline:
         for i in list(rounds.active):
             rounds.run(i)
-    _sync(device)
+    sync(device)
 
     interference = Interference()
     interference.start()
@@ -187,11 +231,8 @@ def time_interleaved(
 
 def _first_call(step: Callable[[], object], device: torch.device) -> Timing | Exception:
     try:
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        return Timing(first_call_s=time.perf_counter() - start)
+        (first_call_s,) = time_calls(step, 1, device)
+        return Timing(first_call_s=first_call_s)
     except Exception as e:  # one failing step must not end the others
         return e
 
