@@ -3,20 +3,22 @@
 It owns what is the same for all of them: choosing the backend, gathering params that have grads,
 creating state, viewing complex tensors as real, grouping by (device, dtype), and dispatching to
 the optimizer's update functions. An optimizer file only declares its state, its hyperparameters
-and its update functions.
+and its update functions: with an UpdateSpec, all else a class needs follows from it here (see
+`__init_subclass__`), but for its constructor's signature and checks.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from . import _backends
-from ._backends import DEVICE_STEP_BACKENDS
+from ._backends import BACKENDS, DEVICE_STEP_BACKENDS, fused
 from ._spec import UpdateFn, UpdateSpec
 
 
@@ -31,14 +33,17 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     """torch.optim.Optimizer with a `backend` per param group.
 
     Subclasses set:
-      spec:               their UpdateSpec, from which state_names, tensors_read/_written and
-                          cpu_kernel follow (optimizers not yet declared by a spec set those)
+      spec:               their UpdateSpec, from which all the attributes below follow, and the
+                          docstring's paragraph on the extra keywords (optimizers without a spec
+                          set them)
       backends:           the backends they implement (from ``_backends.BACKENDS``)
       state_names:        per-param state tensors shaped like the param, besides ``step``
       update_functions:   {"forloop": fn, "foreach": fn, "fused": fn}; "compiled" compiles forloop
+      update_keywords:    the update's keywords ``_hyperparameters(group)`` takes from a group
       tensors_read / tensors_written: param-sized tensors one step must read and write, the
                           floor of its memory traffic (``minimal_bytes``)
-    and implement ``_hyperparameters(group)``.
+    and override ``_hyperparameters``, ``_initial_state`` or ``tensors_moved`` where theirs are
+    not the ones that follow from these.
     """
 
     spec: ClassVar[UpdateSpec | None] = None
@@ -70,17 +75,36 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     # sparse-layout grads (SparseAdam); neither: fixed dense grads and a bare step().
     needs_closure: ClassVar[bool] = False
     sparse_grads: ClassVar[bool] = False
+    update_keywords: ClassVar[tuple[str, ...]] = ()
+    # Group entries that hold several of the update's keywords, as torch's constructors take them
+    group_tuples: ClassVar[Mapping[str, tuple[str, ...]]] = {"betas": ("beta1", "beta2")}
+    # Group keys that state_dicts of older torch versions may lack, and the values they mean
+    setstate_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         spec = cls.__dict__.get("spec")
-        if spec is not None:
-            cls.state_names = spec.state_names
-            cls.tensors_read, cls.tensors_written = spec.reads, spec.writes
-            cls.has_step = spec.has_step
-            cls.cpu_kernel = spec.kernel
-            cls.fused_amp_scaling = spec.amp
-            cls.lazy_state = spec.lazy
+        if spec is None:
+            return
+        cls.state_names = spec.state_names
+        cls.tensors_read, cls.tensors_written = spec.reads, spec.writes
+        cls.has_step = spec.has_step
+        cls.cpu_kernel = spec.kernel
+        cls.fused_amp_scaling = spec.amp
+        cls.lazy_state = spec.lazy
+        cls.update_keywords = spec.group_keywords
+        if None in (spec.kernel, spec.forloop, spec.foreach) or "update_functions" in cls.__dict__:
+            return  # the class declares its backends itself
+        # A spec that names its updates and a fused kernel: all four backends, the compiled one
+        # compiling the forloop update (see _step_group).
+        cls.backends = BACKENDS
+        cls.update_functions = {
+            "forloop": spec.forloop,
+            "foreach": spec.foreach,
+            "fused": fused.update(spec),
+        }
+        if cls.__doc__:
+            cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\n{_extra_keywords(spec.amp)}"
 
     def __init__(
         self,
@@ -132,6 +156,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
                     group.setdefault(key, value)
             if "capturable" in self.defaults:  # SGD and Adagrad have no such flag, as in torch
                 group.setdefault("capturable", False)
+            for key, value in self.setstate_defaults.items():
+                group.setdefault(key, value)
             for p in group["params"]:
                 st = self.state.get(p)
                 if st and "step" in st and not torch.is_tensor(st["step"]):
@@ -139,8 +165,10 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
-        """(param-sized tensors read, written) by one step with these constructor flags.
-        Optimizers whose state depends on flags (amsgrad, momentum=0) override this."""
+        """(param-sized tensors read, written) by one step with these constructor flags: the
+        spec's optional state (amsgrad's, momentum's) adds to them."""
+        if cls.spec is not None:
+            return cls.spec.moved(flags)
         return cls.tensors_read, cls.tensors_written
 
     @classmethod
@@ -151,13 +179,32 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
         return (reads + writes) * numel * itemsize
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The update's keywords from this group: `update_keywords`, those in `group_tuples`
+        unpacked; a 1-element tensor lr as a 0-dim one."""
+        unpacked = {
+            name: value
+            for key, names in self.group_tuples.items()
+            if key in group
+            for name, value in zip(names, group[key])
+        }
+        hyper = {
+            name: unpacked[name] if name in unpacked else group[name]
+            for name in self.update_keywords
+        }
+        lr = hyper.get("lr")
+        if isinstance(lr, Tensor) and lr.dim() != 0:
+            hyper["lr"] = lr.squeeze()
+        return hyper
 
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            name: torch.zeros_like(p, memory_format=torch.preserve_format)
-            for name in self.state_names
-        }
+        """Zeros like the param for each state tensor kept under the group's flags (state the
+        update creates itself, lazy, is not made here)."""
+        spec = self.spec
+        if spec is None:
+            names = self.state_names
+        else:
+            names = tuple(name for name in spec.enabled_state(group) if name not in spec.lazy)
+        return {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name in names}
 
     # ---- the step -----------------------------------------------------------------------------
 
@@ -176,10 +223,7 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             # Only a differentiable step records autograd history (for hypergradients).
             # (Adafactor, like torch's, has no differentiable flag)
@@ -288,7 +332,8 @@ class WorkbenchOptimizer(torch.optim.Optimizer):
     def _stateless(self, group: dict[str, Any]) -> bool:
         """Whether this group's settings keep no state at all (SGD without momentum): its params
         get no state entry, and every state list reaches the update empty."""
-        return False
+        spec = self.spec
+        return spec is not None and not spec.has_step and not spec.enabled_state(group)
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = self.state[p]
@@ -309,22 +354,64 @@ def _local(t: Any, dtensor: type | None) -> Any:
     return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
 
-def check_lr_betas_eps_weight_decay(
-    lr: float | Tensor, betas: tuple[float, float], eps: float, weight_decay: float
-) -> None:
-    """torch.optim's checks (and messages) for the Adam-style hyperparameters. Written with
-    `not x >= 0` so that NaN is refused too."""
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """The loss a step's closure returns, evaluated with grad enabled (the step may run under
+    no_grad); None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def group_defaults(arguments: Mapping[str, Any], *, with_fused: bool = False) -> dict[str, Any]:
+    """A constructor's arguments, its `locals()` taken before it binds any name of its own, as
+    its param groups' defaults, in its signature's order: all but `self`, `params` and the
+    workbench's `backend`; `fused` too, but where torch's class keeps that flag in its groups
+    (Adam, AdamW, SGD, Adagrad: `with_fused`)."""
+    dropped = {"self", "params", "backend", "__class__", *(() if with_fused else ("fused",))}
+    return {name: value for name, value in arguments.items() if name not in dropped}
+
+
+def check_arguments(**values: Any) -> None:
+    """torch.optim's checks of these constructor arguments, in the order given, with its messages:
+    `lr` a 1-element tensor if a tensor, each of `betas` in [0, 1), every other value >= 0.
+    Written `not x >= 0` so that NaN is refused too."""
+    for name, value in values.items():
+        if name == "lr":
+            if isinstance(value, Tensor) and value.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+            if not value >= 0.0:
+                raise ValueError(f"Invalid learning rate: {value}")
+        elif name == "betas":
+            for i, beta in enumerate(value):
+                if not 0.0 <= beta < 1.0:
+                    raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        elif not value >= 0.0:
+            label = "epsilon" if name == "eps" else name
+            raise ValueError(f"Invalid {label} value: {value}")
+
+
+def check_fused_flags(fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
+    """torch.optim's own refusals for its `fused` flag (Adam, SGD, Adagrad), with its messages."""
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable`")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def _extra_keywords(amp: bool) -> str:
+    """The docstring paragraph on the keywords that a class with all four backends adds to
+    torch's signature."""
+    backends = ", ".join(f'"{name}"' for name in BACKENDS) + "; None picks like torch"
+    if amp:  # torch's class has `fused` already
+        return (
+            f'Extra keyword: ``backend`` ({backends}).\n``fused=True`` is ``backend="fused"``; '
+            "it takes torch.amp.GradScaler's scale like torch's."
+        )
+    return (
+        f"Extra keywords: ``backend`` ({backends})\n"
+        'and ``fused`` (``fused=True`` is ``backend="fused"``).'
+    )
 
 
 def _real_view(t: Tensor | None) -> Tensor | None:

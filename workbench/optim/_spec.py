@@ -11,7 +11,11 @@ order the kernels receive them (`hyper`) and the integer flags (`flags`). From t
 - the positional lists the C launch passes (`c_hyper`, `c_flags`);
 - the minimal bytes one step moves (`reads`, `writes`: param-sized tensors), hence the achieved
   bandwidth the harness reports;
-- the state_dict keys: ``step`` (when the spec has it) and `state`.
+- the state_dict keys: ``step`` (when the spec has it) and `state`;
+- the optimizer class's boilerplate (see WorkbenchOptimizer): its backends and update functions
+  (`forloop`, `foreach`, and the fused one built from the spec), the keywords its update takes
+  from a param group (`group_keywords`), the state a param starts with (`enabled_state`) and the
+  bytes a step moves under given flags (`moved`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ UpdateFn = Callable[..., None]
 # them (a decoupled weight decay's factor 1 - lr * weight_decay, rounded as the forloop rounds it).
 Derived = Callable[[Mapping[str, Any]], float]
 
+# Whether an optional state tensor is kept, from a param group, or from the constructor keywords
+# `tensors_moved` is given (which may leave out those at their defaults: read them with .get).
+Condition = Callable[[Mapping[str, Any]], bool]
+
+# Keywords of the update that no param group holds under their name: the base class passes
+# `maximize` with capturable and differentiable, torch.amp.GradScaler gives `grad_scale`, and the
+# fused backend sets `first_step` (lazy state).
+_SUPPLIED = frozenset({"maximize", "grad_scale", "first_step"})
+
 
 def decoupled_decay_factor(hyper: Mapping[str, Any]) -> float:
     """1 - lr * weight_decay, the factor of a decoupled weight decay, as the forloop backend and
@@ -40,9 +53,12 @@ class UpdateSpec:
 
     kernel:   the fused kernels' name: ``_kernels/<kernel>.py`` defines ``<kernel>_fused_step``
               (Triton), ``_kernels/cpu/<kernel>.c`` the C one; None without a fused backend.
+    forloop / foreach: the update functions of those backends (the class's fused one is
+              ``fused.update(spec)``, its compiled one the compiled forloop).
     state:    param-shaped state tensors, in the update functions' list order.
-    optional: those of them that a flag turns on (amsgrad's max_exp_avg_sq): absent from the
-              state and an empty list to the update otherwise.
+    optional: those of them that a flag turns on (amsgrad's max_exp_avg_sq), each with the
+              condition on the group's settings: absent from the state and an empty list to the
+              update otherwise, and read and written once more per step when on.
     lazy:     those of them the update creates at a param's first step, from that step's data
               (SGD's momentum buffer): None in their list until then. The fused backend
               allocates them and calls the kernel with ``first_step`` true for those params.
@@ -68,8 +84,10 @@ class UpdateSpec:
     state: tuple[str, ...]
     reads: int
     writes: int
+    forloop: UpdateFn | None = None
+    foreach: UpdateFn | None = None
     scalars: tuple[str, ...] = ("step",)
-    optional: tuple[str, ...] = ()
+    optional: Mapping[str, Condition] = field(default_factory=dict)
     lazy: tuple[str, ...] = ()
     hyper: tuple[str, ...] = ()
     flags: tuple[str, ...] = ("maximize",)
@@ -82,6 +100,8 @@ class UpdateSpec:
     def __post_init__(self) -> None:
         if "step" in self.scalars and self.scalars[-1] != "step":
             raise ValueError(f"UpdateSpec({self.kernel}): 'step' must be the last scalar list")
+        if not set(self.optional) <= set(self.state):
+            raise ValueError(f"UpdateSpec({self.kernel}): optional state must be in `state`")
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -96,6 +116,29 @@ class UpdateSpec:
     def state_names(self) -> tuple[str, ...]:
         """Per-param state besides ``step``, in list order: the param-shaped, then 0-dim."""
         return self.state + tuple(name for name in self.scalars if name != "step")
+
+    @property
+    def group_keywords(self) -> tuple[str, ...]:
+        """The update's keywords that come from the param group (`_hyperparameters`): the
+        hyperparameters and flags the kernels take, but those derived from others or supplied
+        by the step itself."""
+        return tuple(
+            name
+            for name in (*self.hyper, *self.flags)
+            if name not in self.derived and name not in _SUPPLIED
+        )
+
+    def enabled_state(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The param-shaped state kept under these settings (a group, or constructor keywords)."""
+        return tuple(
+            name for name in self.state if name not in self.optional or self.optional[name](values)
+        )
+
+    def moved(self, values: Mapping[str, Any]) -> tuple[int, int]:
+        """(param-sized tensors read, written) by one step under these settings: each optional
+        buffer that is on is read and written once more."""
+        extra = sum(1 for condition in self.optional.values() if condition(values))
+        return self.reads + extra, self.writes + extra
 
     def c_defines(self) -> tuple[str, ...]:
         """The C kernel's names for its table rows, hyperparameters and flags, as -D options.

@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -110,6 +109,8 @@ def _adadelta_foreach(
 
 SPEC = UpdateSpec(
     kernel="adadelta",
+    forloop=_adadelta_forloop,
+    foreach=_adadelta_foreach,
     state=("square_avg", "acc_delta"),
     hyper=("lr", "rho", "eps", "weight_decay"),
     # read param, grad, square_avg, acc_delta; write param, square_avg, acc_delta
@@ -121,19 +122,9 @@ SPEC = UpdateSpec(
 
 
 class Adadelta(WorkbenchOptimizer):
-    """Adadelta (see the module docstring for the update) with torch.optim.Adadelta's signature.
-
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
+    """Adadelta (see the module docstring for the update) with torch.optim.Adadelta's signature."""
 
     spec = SPEC
-    backends = ("forloop", "foreach", "fused", "compiled")
-    update_functions = {
-        "forloop": _adadelta_forloop,
-        "foreach": _adadelta_foreach,
-        "fused": fused.update(SPEC),
-    }
 
     def __init__(
         self,
@@ -150,35 +141,8 @@ class Adadelta(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_arguments(lr=lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "rho": rho,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "capturable": capturable,
-            "foreach": foreach,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "rho": group["rho"],
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-        }
+        check_arguments(eps=eps, weight_decay=weight_decay)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)

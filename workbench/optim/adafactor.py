@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, group_defaults
 
 
 def _eps1(eps1: float | None, dtype: torch.dtype) -> float:
@@ -249,6 +249,8 @@ class Adafactor(WorkbenchOptimizer):
     backends = ("forloop", "foreach", "compiled")
     state_names = ("row_var", "col_var", "variance")
     update_functions = {"forloop": _adafactor_forloop, "foreach": _adafactor_foreach}
+    update_keywords = ("lr", "beta2_decay", "eps1", "eps2", "d", "weight_decay")
+    group_tuples = {"eps": ("eps1", "eps2")}
     # Floor for the factored params that dominate a model: read param and grad, write param (the
     # row/column factors are O(rows + cols)). Vectors also read and write their variance.
     tensors_read = 2
@@ -283,16 +285,7 @@ class Adafactor(WorkbenchOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps": eps,
-            "d": d,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, group_defaults(locals()), backend=backend)
 
     def resolve_backend(self, group: dict[str, Any], params: list[Tensor]) -> str:
         # torch.optim.Adafactor runs foreach only when asked to, even on CUDA
@@ -315,17 +308,3 @@ class Adafactor(WorkbenchOptimizer):
         row_shape[-1] = 1
         col_shape[-2] = 1
         return {"row_var": grad.new_zeros(row_shape), "col_var": grad.new_zeros(col_shape)}
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        eps1, eps2 = group["eps"]
-        return {
-            "lr": lr,
-            "beta2_decay": group["beta2_decay"],
-            "eps1": eps1,
-            "eps2": eps2,
-            "d": group["d"],
-            "weight_decay": group["weight_decay"],
-        }

@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import DEVICE_STEP_BACKENDS, fused
+from ._backends import DEVICE_STEP_BACKENDS
 from ._foreach import foreach_grads
 from ._materialize import materialize
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, check_fused_flags, group_defaults
 from ._spec import UpdateSpec
-from .sgd import _check_fused_flags
 
 
 def _adagrad_forloop(
@@ -96,6 +95,8 @@ def _adagrad_foreach(
 
 SPEC = UpdateSpec(
     kernel="adagrad",
+    forloop=_adagrad_forloop,
+    foreach=_adagrad_foreach,
     state=("sum",),
     hyper=("lr", "lr_decay", "weight_decay", "eps", "grad_scale"),
     # read param, grad, sum; write param, sum
@@ -106,19 +107,10 @@ SPEC = UpdateSpec(
 
 
 class Adagrad(WorkbenchOptimizer):
-    """Adagrad (see the module docstring for the update) with torch.optim.Adagrad's signature.
+    """Adagrad (see the module docstring for the update) with torch.optim.Adagrad's signature."""
 
-    Extra keyword: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch).
-    ``fused=True`` is ``backend="fused"``; it takes torch.amp.GradScaler's scale like torch's.
-    """
-
-    backends = ("forloop", "foreach", "fused", "compiled")
     spec = SPEC
-    update_functions = {
-        "forloop": _adagrad_forloop,
-        "foreach": _adagrad_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"fused": None}
 
     def __init__(
         self,
@@ -135,32 +127,15 @@ class Adagrad(WorkbenchOptimizer):
         fused: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not lr_decay >= 0.0:
-            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not initial_accumulator_value >= 0.0:
-            raise ValueError(
-                f"Invalid initial_accumulator_value value: {initial_accumulator_value}"
-            )
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        _check_fused_flags(fused, foreach, differentiable)
-        defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
+        check_arguments(
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
+        check_fused_flags(fused, foreach, differentiable)
+        defaults = group_defaults(locals(), with_fused=True)
         super().__init__(params, defaults, backend=backend, fused=fused)
         # torch.optim.Adagrad creates every param's state here, grads or not: so do we, so that
         # state_dicts taken before (or without) a param's first step match torch's.
@@ -168,11 +143,6 @@ class Adagrad(WorkbenchOptimizer):
             device_step = group["backend"] in DEVICE_STEP_BACKENDS
             for p in group["params"]:
                 self._state_for(p, group, device_step)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
 
     def share_memory(self) -> None:
         """Move the `sum` state to shared memory (for Hogwild-style training), as torch's does."""
@@ -185,14 +155,3 @@ class Adagrad(WorkbenchOptimizer):
         if p.is_complex():
             value = complex(value, value)  # the real and the imaginary part both start there
         return {"sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "lr_decay": group["lr_decay"],
-            "weight_decay": group["weight_decay"],
-            "eps": group["eps"],
-        }

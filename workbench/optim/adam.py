@@ -34,10 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
 from ._materialize import materialize
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, check_fused_flags, group_defaults
 from ._spec import UpdateSpec, decoupled_decay_factor
 
 Scalar = float | Tensor
@@ -213,13 +212,15 @@ def _adam_foreach(
 
 SPEC = UpdateSpec(
     kernel="adam",
+    forloop=_adam_forloop,
+    foreach=_adam_foreach,
     state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-    optional=("max_exp_avg_sq",),  # amsgrad's
+    optional={"max_exp_avg_sq": lambda values: bool(values.get("amsgrad", False))},
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "decay_factor"),
     flags=("amsgrad", "decoupled_weight_decay", "maximize"),
     derived={"decay_factor": decoupled_decay_factor},
-    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq (amsgrad: see
-    # tensors_moved)
+    # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq (amsgrad: and
+    # max_exp_avg_sq)
     reads=4,
     writes=3,
     amp=True,
@@ -235,22 +236,9 @@ def check_hyperparameters(
     capturable: bool,
 ) -> None:
     """torch.optim.Adam's argument checks, in its order, with its messages and error types."""
-    if isinstance(lr, Tensor):
-        if foreach and not capturable:
-            raise ValueError(
-                "lr as a Tensor is not supported for capturable=False and foreach=True"
-            )
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-    if not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if isinstance(lr, Tensor) and foreach and not capturable:
+        raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+    check_arguments(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
     tensors = [isinstance(b, Tensor) for b in betas]
     if not (all(tensors) or all(isinstance(b, float) for b in betas)):
         raise ValueError("betas must be either both floats or both Tensors")
@@ -265,20 +253,12 @@ def check_hyperparameters(
 
 
 class Adam(WorkbenchOptimizer):
-    """Adam (see the module docstring for the update) with torch.optim.Adam's signature.
-
-    Extra keyword: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch).
-    ``fused=True`` is ``backend="fused"``; it takes torch.amp.GradScaler's scale like torch's.
-    Tensor betas are read on the host by the fused backend (as by torch's fused Adam).
+    """Adam (see the module docstring for the update) with torch.optim.Adam's signature. Tensor
+    betas are read on the host by the fused backend (as by torch's fused Adam).
     """
 
-    backends = ("forloop", "foreach", "fused", "compiled")
     spec = SPEC
-    update_functions = {
-        "forloop": _adam_forloop,
-        "foreach": _adam_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"amsgrad": False, "fused": None, "decoupled_weight_decay": False}
 
     def __init__(
         self,
@@ -298,44 +278,12 @@ class Adam(WorkbenchOptimizer):
         backend: str | None = None,
     ) -> None:
         check_hyperparameters(lr, betas, eps, weight_decay, foreach, capturable)
-        # torch.optim's own refusals for its `fused` flag, in its words
-        if fused and differentiable:
-            raise RuntimeError("`fused` does not support `differentiable`")
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        check_fused_flags(fused, foreach, differentiable)
+        defaults = group_defaults(locals(), with_fused=True)
         # 1-element tensor betas are kept as 0-dim tensors, as torch.optim keeps them
         beta1, beta2 = (b.squeeze() if isinstance(b, Tensor) else b for b in betas)
-        defaults = {
-            "lr": lr,
-            "betas": (beta1, beta2),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
+        defaults["betas"] = (beta1, beta2)
         super().__init__(params, defaults, backend=backend, fused=fused)
-
-    @classmethod
-    def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
-        # amsgrad reads and writes max_exp_avg_sq too
-        extra = 1 if flags.get("amsgrad") else 0
-        return cls.tensors_read + extra, cls.tensors_written + extra
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("fused", None)
-            group.setdefault("decoupled_weight_decay", False)
-
-    def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        names = self.state_names if group["amsgrad"] else self.state_names[:2]
-        return {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name in names}
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = super()._state_for(p, group, device_step)
@@ -343,18 +291,3 @@ class Adam(WorkbenchOptimizer):
             # amsgrad switched on after this param's first step: its maximum starts from zero
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "amsgrad": group["amsgrad"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-        }

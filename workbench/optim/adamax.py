@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
 from ._materialize import materialize
-from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -113,6 +112,8 @@ def _adamax_foreach(
 
 SPEC = UpdateSpec(
     kernel="adamax",
+    forloop=_adamax_forloop,
+    foreach=_adamax_foreach,
     state=("exp_avg", "exp_inf"),
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
     # read param, grad, exp_avg, exp_inf; write param, exp_avg, exp_inf
@@ -122,19 +123,9 @@ SPEC = UpdateSpec(
 
 
 class Adamax(WorkbenchOptimizer):
-    """Adamax (see the module docstring for the update) with torch.optim.Adamax's signature.
-
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
+    """Adamax (see the module docstring for the update) with torch.optim.Adamax's signature."""
 
     spec = SPEC
-    backends = ("forloop", "foreach", "fused", "compiled")
-    update_functions = {
-        "forloop": _adamax_forloop,
-        "foreach": _adamax_foreach,
-        "fused": fused.update(SPEC),
-    }
 
     def __init__(
         self,
@@ -151,28 +142,5 @@ class Adamax(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_lr_betas_eps_weight_decay(lr, betas, eps, weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "capturable": capturable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-        }
+        check_arguments(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)

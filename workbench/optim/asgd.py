@@ -29,8 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
-from ._backends import fused
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -175,6 +174,8 @@ def _after_triton_launch(scalars: Mapping[str, list[Tensor]], hyper: Mapping[str
 
 SPEC = UpdateSpec(
     kernel="asgd",
+    forloop=_asgd_forloop,
+    foreach=_asgd_foreach,
     state=("ax",),
     # torch's argument order (axs, mus, etas); eta and mu are 0-dim, not shaped like the param
     scalars=("mu", "eta", "step"),
@@ -193,19 +194,9 @@ SPEC = UpdateSpec(
 
 
 class ASGD(WorkbenchOptimizer):
-    """ASGD (see the module docstring for the update) with torch.optim.ASGD's signature.
+    """ASGD (see the module docstring for the update) with torch.optim.ASGD's signature."""
 
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
-
-    backends = ("forloop", "foreach", "fused", "compiled")
     spec = SPEC
-    update_functions = {
-        "forloop": _asgd_forloop,
-        "foreach": _asgd_foreach,
-        "fused": fused.update(SPEC),
-    }
 
     def __init__(
         self,
@@ -223,24 +214,8 @@ class ASGD(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "lambd": lambd,
-            "alpha": alpha,
-            "t0": t0,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "capturable": capturable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
+        check_arguments(lr=lr, weight_decay=weight_decay)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)
 
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         lr = group["lr"]
@@ -253,16 +228,4 @@ class ASGD(WorkbenchOptimizer):
             "eta": torch.as_tensor(lr, dtype=dtype, device=p.device).clone(),
             "mu": torch.ones((), dtype=dtype, device=p.device),
             "ax": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "lambd": group["lambd"],
-            "alpha": group["alpha"],
-            "t0": group["t0"],
-            "weight_decay": group["weight_decay"],
         }

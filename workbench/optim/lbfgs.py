@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from .lbfgs_compiled import CompiledWork, ring_for_step
 from .lbfgs_line_search import strong_wolfe
 
@@ -103,23 +103,10 @@ class LBFGS(WorkbenchOptimizer):
         maximize: bool = False,
         backend: str | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_arguments(lr=lr)
         if max_eval is None:
             max_eval = max_iter * 5 // 4
-        defaults = {
-            "lr": lr,
-            "max_iter": max_iter,
-            "max_eval": max_eval,
-            "tolerance_grad": tolerance_grad,
-            "tolerance_change": tolerance_change,
-            "history_size": history_size,
-            "line_search_fn": line_search_fn,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, group_defaults(locals()), backend=backend)
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         self._params: list[Tensor] = self.param_groups[0]["params"]

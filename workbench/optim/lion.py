@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
-from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec, decoupled_decay_factor
 
 
@@ -82,6 +81,8 @@ def _lion_foreach(
 
 SPEC = UpdateSpec(
     kernel="lion",
+    forloop=_lion_forloop,
+    foreach=_lion_foreach,
     state=("exp_avg",),
     scalars=(),
     hyper=("lr", "beta1", "beta2", "weight_decay", "decay_factor"),
@@ -95,20 +96,11 @@ SPEC = UpdateSpec(
 
 class Lion(WorkbenchOptimizer):
     """Lion (see the module docstring for the update), with the reference implementation's
-    signature and torch.optim's conventions for the rest.
-
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch),
-    ``fused`` (``fused=True`` is ``backend="fused"``), and torch's ``foreach``, ``maximize``,
-    ``capturable`` and ``differentiable``.
+    signature and torch.optim's conventions for the rest: it takes torch's ``foreach``,
+    ``maximize``, ``capturable`` and ``differentiable`` too.
     """
 
     spec = SPEC
-    backends = ("forloop", "foreach", "fused", "compiled")
-    update_functions = {
-        "forloop": _lion_forloop,
-        "foreach": _lion_foreach,
-        "fused": fused.update(SPEC),
-    }
 
     def __init__(
         self,
@@ -124,21 +116,5 @@ class Lion(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_lr_betas_eps_weight_decay(lr, betas, 0.0, weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-            "capturable": capturable,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": group["weight_decay"]}
+        check_arguments(lr=lr, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, group_defaults
 
 # Keller Jordan's quintic coefficients and defaults, as torch.optim.Muon takes them
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -209,6 +209,10 @@ class Muon(WorkbenchOptimizer):
     # intermediate to bf16 as eager does makes the compiled orthogonalisation torch's, bit for bit.
     inductor_options = (("emulate_precision_casts", True),)
     update_functions = {"forloop": _muon_forloop, "foreach": _muon_foreach}
+    update_keywords = (
+        "lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps",
+        "adjust_lr_fn",
+    )  # fmt: skip
     # read param, grad, momentum_buffer; write param, momentum_buffer
     tensors_read = 3
     tensors_written = 2
@@ -237,17 +241,7 @@ class Muon(WorkbenchOptimizer):
             raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
         if adjust_lr_fn is not None and adjust_lr_fn not in ADJUST_LR_FNS:
             raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
-        defaults = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_coefficients": ns_coefficients,
-            "eps": eps,
-            "ns_steps": ns_steps,
-            "adjust_lr_fn": adjust_lr_fn,
-        }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, group_defaults(locals()), backend=backend)
         # torch checks the constructor's params only (not a group added later): so do we
         for group in self.param_groups:
             for p in group["params"]:
@@ -267,18 +261,3 @@ class Muon(WorkbenchOptimizer):
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         # like the grad (torch's choice): its layout, should it differ from the param's
         return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "weight_decay": group["weight_decay"],
-            "momentum": group["momentum"],
-            "nesterov": group["nesterov"],
-            "ns_coefficients": group["ns_coefficients"],
-            "ns_steps": group["ns_steps"],
-            "eps": group["eps"],
-            "adjust_lr_fn": group["adjust_lr_fn"],
-        }

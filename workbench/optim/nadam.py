@@ -30,10 +30,9 @@ import torch
 from torch import Tensor
 
 from . import _backends
-from ._backends import fused
 from ._foreach import foreach_grads
 from ._materialize import materialize
-from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec, decoupled_decay_factor
 
 
@@ -181,6 +180,8 @@ def _nadam_foreach(
 
 SPEC = UpdateSpec(
     kernel="nadam",
+    forloop=_nadam_forloop,
+    foreach=_nadam_foreach,
     state=("exp_avg", "exp_avg_sq"),
     scalars=("mu_product", "step"),
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "decay_factor"),
@@ -195,20 +196,11 @@ SPEC = UpdateSpec(
 
 
 class NAdam(WorkbenchOptimizer):
-    """NAdam (see the module docstring for the update) with torch.optim.NAdam's signature.
+    """NAdam (see the module docstring for the update) with torch.optim.NAdam's signature."""
 
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
-
-    backends = ("forloop", "foreach", "fused", "compiled")
     # mu_product is a 0-dim tensor per param, not param-shaped: see _initial_state
     spec = SPEC
-    update_functions = {
-        "forloop": _nadam_forloop,
-        "foreach": _nadam_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"decoupled_weight_decay": False}
 
     def __init__(
         self,
@@ -227,27 +219,14 @@ class NAdam(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_lr_betas_eps_weight_decay(lr, betas, eps, weight_decay)
-        if not momentum_decay >= 0.0:
-            raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum_decay": momentum_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
+        check_arguments(
+            lr=lr, eps=eps, betas=betas, weight_decay=weight_decay, momentum_decay=momentum_decay
+        )
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("decoupled_weight_decay", False)
             for p in group["params"]:
                 st = self.state.get(p)
                 if st and "mu_product" in st and not torch.is_tensor(st["mu_product"]):
@@ -256,11 +235,9 @@ class NAdam(WorkbenchOptimizer):
                     )
 
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "mu_product": torch.ones((), dtype=_backends.scalar_dtype()),
-        }
+        state = super()._initial_state(p, group)  # the moments
+        state["mu_product"] = torch.ones((), dtype=_backends.scalar_dtype())
+        return state
 
     def _state_for(self, p: Tensor, group: dict[str, Any], device_step: bool) -> dict[str, Tensor]:
         state = super()._state_for(p, group, device_step)
@@ -270,18 +247,3 @@ class NAdam(WorkbenchOptimizer):
         if state["mu_product"].device != state["step"].device:
             state["mu_product"] = state["mu_product"].to(state["step"].device)
         return state
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "momentum_decay": group["momentum_decay"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-        }

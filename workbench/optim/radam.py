@@ -32,10 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
 from ._materialize import materialize
-from ._optimizer import WorkbenchOptimizer, check_lr_betas_eps_weight_decay
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec, decoupled_decay_factor
 
 
@@ -197,6 +196,8 @@ def _radam_foreach(
 
 SPEC = UpdateSpec(
     kernel="radam",
+    forloop=_radam_forloop,
+    foreach=_radam_foreach,
     state=("exp_avg", "exp_avg_sq"),
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "decay_factor"),
     flags=("decoupled_weight_decay", "maximize"),
@@ -209,19 +210,10 @@ SPEC = UpdateSpec(
 
 
 class RAdam(WorkbenchOptimizer):
-    """RAdam (see the module docstring for the update) with torch.optim.RAdam's signature.
-
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
+    """RAdam (see the module docstring for the update) with torch.optim.RAdam's signature."""
 
     spec = SPEC
-    backends = ("forloop", "foreach", "fused", "compiled")
-    update_functions = {
-        "forloop": _radam_forloop,
-        "foreach": _radam_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"decoupled_weight_decay": False}
 
     def __init__(
         self,
@@ -239,35 +231,5 @@ class RAdam(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_lr_betas_eps_weight_decay(lr, betas, eps, weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("decoupled_weight_decay", False)
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-        }
+        check_arguments(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)

@@ -23,15 +23,14 @@ State per param, as torch.optim: ``step`` (0-dim float tensor, counted but not u
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -137,13 +136,22 @@ def _rmsprop_foreach(
         torch._foreach_addcdiv_(params, g, avg, value=-float(lr))
 
 
+def _has_momentum(values: Mapping[str, Any]) -> bool:
+    return values.get("momentum", 0) > 0
+
+
 SPEC = UpdateSpec(
     kernel="rmsprop",
+    forloop=_rmsprop_forloop,
+    foreach=_rmsprop_foreach,
     state=("square_avg", "momentum_buffer", "grad_avg"),
-    optional=("momentum_buffer", "grad_avg"),  # with momentum > 0, and centered
+    optional={
+        "momentum_buffer": _has_momentum,
+        "grad_avg": lambda values: bool(values.get("centered", False)),
+    },
     hyper=("lr", "alpha", "eps", "weight_decay", "momentum"),
     flags=("has_momentum", "centered", "maximize"),
-    derived={"has_momentum": lambda hyper: hyper["momentum"] > 0},
+    derived={"has_momentum": _has_momentum},
     # plain (no momentum, not centered): read param, grad, square_avg; write param, square_avg
     reads=3,
     writes=2,
@@ -152,19 +160,10 @@ SPEC = UpdateSpec(
 
 
 class RMSprop(WorkbenchOptimizer):
-    """RMSprop (see the module docstring for the update) with torch.optim.RMSprop's signature.
+    """RMSprop (see the module docstring for the update) with torch.optim.RMSprop's signature."""
 
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
-
-    backends = ("forloop", "foreach", "fused", "compiled")
     spec = SPEC
-    update_functions = {
-        "forloop": _rmsprop_forloop,
-        "foreach": _rmsprop_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"momentum": 0, "centered": False}
 
     def __init__(
         self,
@@ -183,61 +182,5 @@ class RMSprop(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not momentum >= 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not alpha >= 0.0:
-            raise ValueError(f"Invalid alpha value: {alpha}")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "alpha": alpha,
-            "eps": eps,
-            "centered": centered,
-            "weight_decay": weight_decay,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-
-    @classmethod
-    def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
-        # each optional buffer is read and written once more
-        extra = int(flags.get("momentum", 0) > 0) + int(bool(flags.get("centered", False)))
-        return cls.tensors_read + extra, cls.tensors_written + extra
-
-    def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        names = ["square_avg"]
-        if group["momentum"] > 0:
-            names.append("momentum_buffer")
-        if group["centered"]:
-            names.append("grad_avg")
-        return {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in names}
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "alpha": group["alpha"],
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "momentum": group["momentum"],
-            "centered": group["centered"],
-        }
+        check_arguments(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._backends import fused
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_arguments, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -118,6 +117,8 @@ def _rprop_foreach(
 
 SPEC = UpdateSpec(
     kernel="rprop",
+    forloop=_rprop_forloop,
+    foreach=_rprop_foreach,
     state=("prev", "step_size"),
     # lr is not a hyperparameter of the update: it only initialized the step sizes
     hyper=("etaminus", "etaplus", "step_size_min", "step_size_max"),
@@ -130,18 +131,12 @@ SPEC = UpdateSpec(
 
 
 class Rprop(WorkbenchOptimizer):
-    """Rprop (see the module docstring for the update) with torch.optim.Rprop's signature.
-
-    Extra keywords: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch)
-    and ``fused`` (``fused=True`` is ``backend="fused"``).
-    """
+    """Rprop (see the module docstring for the update) with torch.optim.Rprop's signature."""
 
     spec = SPEC
-    backends = ("forloop", "foreach", "fused", "compiled")
-    update_functions = {
-        "forloop": _rprop_forloop,
-        "foreach": _rprop_foreach,
-        "fused": fused.update(SPEC),
+    group_tuples = {
+        "etas": ("etaminus", "etaplus"),
+        "step_sizes": ("step_size_min", "step_size_max"),
     }
 
     def __init__(
@@ -158,22 +153,10 @@ class Rprop(WorkbenchOptimizer):
         backend: str | None = None,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_arguments(lr=lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-        defaults = {
-            "lr": lr,
-            "etas": etas,
-            "step_sizes": step_sizes,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "capturable": capturable,
-        }
-        super().__init__(params, defaults, backend=backend, fused=fused)
+        super().__init__(params, group_defaults(locals()), backend=backend, fused=fused)
 
     def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         lr = group["lr"]
@@ -183,15 +166,4 @@ class Rprop(WorkbenchOptimizer):
         return {
             "prev": torch.zeros_like(p, memory_format=torch.preserve_format),
             "step_size": torch.full_like(p, fill, memory_format=torch.preserve_format),
-        }
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        # lr is not a hyperparameter of the update: it only initialized the step sizes
-        etaminus, etaplus = group["etas"]
-        step_size_min, step_size_max = group["step_sizes"]
-        return {
-            "etaminus": etaminus,
-            "etaplus": etaplus,
-            "step_size_min": step_size_min,
-            "step_size_max": step_size_max,
         }

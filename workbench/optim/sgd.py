@@ -17,15 +17,14 @@ State per param, as torch.optim: none at all without momentum; with momentum, ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._backends import fused
 from ._foreach import foreach_grads
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, check_fused_flags, group_defaults
 from ._spec import UpdateSpec
 
 
@@ -115,15 +114,22 @@ def _sgd_foreach(
     torch._foreach_add_(params, g, alpha=-float(lr))
 
 
+def _has_momentum(values: Mapping[str, Any]) -> bool:
+    return values.get("momentum", 0) != 0
+
+
 SPEC = UpdateSpec(
     kernel="sgd",
+    forloop=_sgd_forloop,
+    foreach=_sgd_foreach,
     state=("momentum_buffer",),
-    optional=("momentum_buffer",),  # no state at all without momentum
+    # no state at all without momentum (see WorkbenchOptimizer._stateless)
+    optional={"momentum_buffer": _has_momentum},
     lazy=("momentum_buffer",),  # a copy of the first grad
     scalars=(),
     hyper=("lr", "momentum", "dampening", "weight_decay", "grad_scale"),
     flags=("has_momentum", "first_step", "nesterov", "maximize"),
-    derived={"has_momentum": lambda hyper: hyper["momentum"] != 0},
+    derived={"has_momentum": _has_momentum},
     # without momentum (the default): read param, grad; write param
     reads=2,
     writes=1,
@@ -133,19 +139,10 @@ SPEC = UpdateSpec(
 
 
 class SGD(WorkbenchOptimizer):
-    """SGD (see the module docstring for the update) with torch.optim.SGD's signature.
+    """SGD (see the module docstring for the update) with torch.optim.SGD's signature."""
 
-    Extra keyword: ``backend`` ("forloop", "foreach", "fused", "compiled"; None picks like torch).
-    ``fused=True`` is ``backend="fused"``; it takes torch.amp.GradScaler's scale like torch's.
-    """
-
-    backends = ("forloop", "foreach", "fused", "compiled")
     spec = SPEC
-    update_functions = {
-        "forloop": _sgd_forloop,
-        "foreach": _sgd_foreach,
-        "fused": fused.update(SPEC),
-    }
+    setstate_defaults = {"nesterov": False, "fused": False}
 
     def __init__(
         self,
@@ -162,6 +159,7 @@ class SGD(WorkbenchOptimizer):
         fused: bool | None = None,
         backend: str | None = None,
     ) -> None:
+        # torch.optim.SGD's checks are `x < 0`, which let NaN through: not check_arguments'
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -172,55 +170,6 @@ class SGD(WorkbenchOptimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        _check_fused_flags(fused, foreach, differentiable)
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
+        check_fused_flags(fused, foreach, differentiable)
+        defaults = group_defaults(locals(), with_fused=True)
         super().__init__(params, defaults, backend=backend, fused=fused)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("fused", False)
-
-    @classmethod
-    def tensors_moved(cls, **flags: Any) -> tuple[int, int]:
-        if flags.get("momentum", 0) == 0:
-            return cls.tensors_read, cls.tensors_written
-        return cls.tensors_read + 1, cls.tensors_written + 1  # and the momentum buffer
-
-    def _stateless(self, group: dict[str, Any]) -> bool:
-        # torch.optim.SGD keeps no state entry at all without momentum, not even an empty one
-        return group["momentum"] == 0
-
-    def _initial_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {}  # the momentum buffer is the first step's gradient: the update creates it
-
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        return {
-            "lr": lr,
-            "momentum": group["momentum"],
-            "dampening": group["dampening"],
-            "weight_decay": group["weight_decay"],
-            "nesterov": group["nesterov"],
-        }
-
-
-def _check_fused_flags(fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
-    """torch.optim's own refusals for its `fused` flag (SGD, Adagrad), with its messages."""
-    if fused and differentiable:
-        raise RuntimeError("`fused` does not support `differentiable`")
-    if fused and foreach:
-        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._optimizer import WorkbenchOptimizer
+from ._optimizer import WorkbenchOptimizer, closure_loss, group_defaults
 
 
 def _sparse_adam_forloop(
@@ -104,6 +104,7 @@ class SparseAdam(WorkbenchOptimizer):
     sparse_grads = True  # it refuses dense grads: the harness gives it nn.Embedding-like ones
     state_names = ("exp_avg", "exp_avg_sq")
     update_functions = {"forloop": _sparse_adam_forloop}
+    update_keywords = ("lr", "beta1", "beta2", "eps")
     elementwise = False  # complex params are refused
     # Dense upper bound: read param, grad, exp_avg, exp_avg_sq, write param and both moments. A
     # step moves only the rows its grad holds, a fraction the dense size cannot tell.
@@ -130,8 +131,7 @@ class SparseAdam(WorkbenchOptimizer):
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "maximize": maximize}
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(params, group_defaults(locals()), backend=backend)
         sparse, complex_ = [], []
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
@@ -156,23 +156,13 @@ class SparseAdam(WorkbenchOptimizer):
             group.setdefault("backend", None)
             group.setdefault("maximize", False)
 
-    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.dim() != 0:
-            lr = lr.squeeze()
-        beta1, beta2 = group["betas"]
-        return {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": group["eps"]}
-
     def resolve_backend(self, group: dict[str, Any], params: list[Tensor]) -> str:
         return "forloop"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One masked Adam step over the rows each param's sparse grad holds."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
