@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from workbench.cli import main
 from workbench.harness import stability
-from workbench.harness.measure import visit_settings
+from workbench.harness.measure import Visit, visit_settings
 from workbench.harness.meters import StepCounters
-from workbench.harness.suite import SuiteError, TimingSettings
+from workbench.harness.runner import needs_another_visit
+from workbench.harness.suite import Suite, SuiteError, TimingSettings
 from workbench.harness.suite_loader import load_suite
 from workbench.harness.timing import Timing, pooled
 from workbench.results import load
@@ -143,3 +145,83 @@ def test_a_case_that_fails_in_a_visit_is_not_built_again(tmp_path: Path) -> None
     assert failed["status"] == "error" and "always fails" in failed["error"]
     # built for the first visit only: once per cache-defeating copy, as many as torch's row has
     assert grad_factories.BUILT["failing_sgd"] == df.loc["torch", "working_set_copies"] > 1
+
+
+def load_suite_text(override: str) -> Suite:
+    """A one-group suite with one override (a latency suite's settings are all that is read)."""
+    return load_suite(Path(__file__).parents[1] / "suites" / "quick.toml", [override])
+
+
+def _visit(samples: dict[str, list[float] | Exception]) -> Visit:
+    return Visit(
+        timings={
+            k: v if isinstance(v, Exception) else Timing(0.0, list(v)) for k, v in samples.items()
+        }
+    )
+
+
+def test_a_group_gets_another_visit_while_its_pooled_median_is_vague() -> None:
+    suite = load_suite_text("timing.target_noise=0.05")
+    unit = [SimpleNamespace(case_id="a"), SimpleNamespace(case_id="b")]
+    tight = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
+    spread = [1.0, 1.5, 0.7, 1.3, 0.8, 1.4, 0.9, 1.2, 0.6, 1.1]
+    assert not needs_another_visit(unit, [_visit({"a": tight, "b": tight})] * 2, suite)
+    # one vague case is enough; a failed case needs nothing more
+    assert needs_another_visit(unit, [_visit({"a": tight, "b": spread})] * 2, suite)
+    assert not needs_another_visit(unit, [_visit({"a": tight, "b": RuntimeError("x")})] * 2, suite)
+    # target_noise = 0: the suite asked for no adaptive timing
+    assert not needs_another_visit(
+        unit, [_visit({"a": spread, "b": spread})] * 2, load_suite_text("timing.target_noise=0")
+    )
+
+
+def test_extra_visits_go_to_the_vague_groups_only_and_show_in_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = str(_suite(tmp_path, visits=2))
+    extra = ["--set", "timing.extra_visits=2"]
+    # a target nothing meets: two extra passes, each over the group
+    assert (
+        main(
+            [
+                "run",
+                suite,
+                "--out",
+                str(tmp_path / "vague"),
+                *extra,
+                "--set",
+                "timing.target_noise=1e-9",
+            ]
+        )
+        == 0
+    )
+    shown = capsys.readouterr().out
+    assert shown.count("[extra visit 1] SGD 4x10k float32: 2 cases") == 1
+    assert shown.count("[extra visit 2] SGD 4x10k float32: 2 cases") == 1
+    (run,) = (tmp_path / "vague").iterdir()
+    assert (load(run)["visits"] == 4).all()
+    # a target everything meets: no extra pass
+    assert (
+        main(
+            [
+                "run",
+                suite,
+                "--out",
+                str(tmp_path / "met"),
+                *extra,
+                "--set",
+                "timing.target_noise=10",
+            ]
+        )
+        == 0
+    )
+    assert "extra visit" not in capsys.readouterr().out
+    (run,) = (tmp_path / "met").iterdir()
+    assert (load(run)["visits"] == 2).all()
+
+
+def test_extra_visits_without_visits_is_refused_naming_the_key(tmp_path: Path) -> None:
+    for visits, value in ((1, 2), (2, -1)):
+        with pytest.raises(SuiteError) as e:
+            load_suite(_suite(tmp_path, visits=visits), [f"timing.extra_visits={value}"])
+        assert e.value.key == "timing.extra_visits"

@@ -84,6 +84,8 @@ def _measure(args: argparse.Namespace, suite: Any, store: RunStore, cases: list[
     pending = [c for c in cases if c.case_id not in done]
     visits = visits_of(suite, cases)
     each = f", each group timed in {visits} visits (one per pass)" if visits > 1 else ""
+    if visits > 1 and suite.timing.extra_visits:
+        each += f", up to {suite.timing.extra_visits} more for groups still noisy"
     console.print(f"run {store.run_dir}: {len(cases)} cases, {len(pending)} to run{each}")
     try:
         with _progress(pending, visits) as (on_case_done, on_visit_done):
@@ -115,6 +117,11 @@ OnCaseDone = Callable[[Any, dict[str, Any]], None]
 OnVisitDone = Callable[[list[Any], int, int], None]
 
 
+def _visit_label(index: int, of: int) -> str:
+    """ "visit 2/3", or past the suite's visits "extra visit 1" (runner: extra_visits)."""
+    return f"visit {index + 1}/{of}" if index < of - 1 else f"extra visit {index - of + 2}"
+
+
 @contextlib.contextmanager
 def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone, OnVisitDone]]:
     """What `run` shows while it measures: a live bar on a terminal; elsewhere (a log, CI), where
@@ -136,6 +143,11 @@ def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone,
         nxt = next((c for c in pending if c.case_id not in finished), None)
         return _case_label(nxt) if nxt is not None else "done"
 
+    def added(unit: list[Any], index: int, of: int) -> None:
+        nonlocal work
+        if index >= of - 1:  # an extra visit (runner: extra_visits) is work no one counted
+            work += len(unit)
+
     if not sys.stdout.isatty():
 
         def plain(case: Any, row: dict[str, Any]) -> None:
@@ -145,7 +157,8 @@ def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone,
         def plain_visit(unit: list[Any], index: int, of: int) -> None:
             nonlocal visited
             visited += len(unit)
-            print(f"[visit {index + 1}/{of}] {_group_label(unit)}  ETA {eta()}", flush=True)
+            added(unit, index, of)
+            print(f"[{_visit_label(index, of)}] {_group_label(unit)}  ETA {eta()}", flush=True)
 
         yield plain, plain_visit
         return
@@ -165,10 +178,12 @@ def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone,
             progress.update(task, advance=1, description=upcoming())
 
         def live_visit(unit: list[Any], index: int, of: int) -> None:
+            added(unit, index, of)
             progress.update(
                 task,
+                total=work,
                 advance=len(unit),
-                description=f"visit {index + 1}/{of} done: {_group_label(unit)}",
+                description=f"{_visit_label(index, of)} done: {_group_label(unit)}",
             )
 
         yield live, live_visit

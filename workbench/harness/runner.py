@@ -19,12 +19,19 @@ in one window of a few seconds is one draw of that drift, the same for all its s
 noise cannot show it: across three runs the same row read 17 ms and 37 ms, each time precise to
 5%. Visits spread over the run take several draws. Rows are written in the last pass only, so a
 run killed earlier times its groups again on --resume.
+
+Extra visits (``[timing] extra_visits`` = E): after the first V - 1 passes, up to E more passes,
+each over only the groups whose pooled medians would still miss ``target_noise`` after the last
+pass. Longer visits would not do: more samples of one moment do not narrow a spread between
+moments. The extra passes are the run's adaptive stopping; a row that misses the target after
+them is flagged ``noisy``.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -54,6 +61,7 @@ from .measure import (
 from .meters import Interference
 from .step_protocols import DENSE, class_minimal_bytes, protocol_for
 from .suite import Suite
+from .timing import Timing
 
 __all__ = ["CaseFailure", "run_case", "run_cases"]
 
@@ -203,18 +211,45 @@ def _earlier_visits(
     on_visit_done: Callable[[list[Case], int, int], None],
 ) -> dict[int, list[Visit]]:
     """The passes before the last: per unit (by its index), what each of its visits timed. Sharded
-    cases are timed once, in the last pass."""
+    cases are timed once, in the last pass.
+
+    After the suite's `visits - 1` passes over every unit, up to `extra_visits` passes over the
+    units that still need them (see needs_another_visit), so that those rows pool more moments
+    of the machine; `on_visit_done` gets their index counted on past `visits - 1`.
+    """
     earlier: dict[int, list[Visit]] = {}
-    for index in range(visits - 1):
-        for number, unit in enumerate(units):
-            if unit[0].world_size > 1:
-                continue
+    numbers = [n for n, unit in enumerate(units) if unit[0].world_size == 1]
+    extra = suite.timing.extra_visits if visits > 1 else 0
+    for index in range(visits - 1 + extra):
+        if index >= visits - 1:  # an extra pass: only the units whose medians are still vague
+            numbers = [n for n in numbers if needs_another_visit(units[n], earlier[n], suite)]
+        for number in numbers:
+            unit = units[number]
             before = earlier.setdefault(number, [])
             with quiet.native_output():
                 before.append(visit_group(unit, suite, index, visits, before))
             _release(unit[0].device)
             on_visit_done(unit, index, visits)
     return earlier
+
+
+def needs_another_visit(unit: list[Case], earlier: list[Visit], suite: Suite) -> bool:
+    """Whether some case of the unit would still miss the suite's target_noise after the last
+    pass: the noise of the samples its visits have pooled so far, times sqrt(k / (k + 1)) for
+    the one visit the last pass adds (a median's CI narrows as the square root of the samples,
+    and every visit takes about as many). A case that failed needs nothing more."""
+    target = suite.timing.target_noise
+    if not target:  # 0: the suite asked for no adaptive timing
+        return False
+    k = len(earlier)
+    for case in unit:
+        timings = [v.timings.get(case.case_id) for v in earlier]
+        if not timings or not all(isinstance(t, Timing) and t.samples_s for t in timings):
+            continue
+        samples = [s for t in timings for s in t.samples_s]  # type: ignore[union-attr]
+        if stability.relative_noise(samples) * math.sqrt(k / (k + 1)) > target:
+            return True
+    return False
 
 
 def _value(probe: float | Exception | None) -> float | None:

@@ -48,6 +48,9 @@ Schema (every table but ``[axes]`` is optional; defaults in brackets)::
     visits = 1                          # [1] time each group in this many visits, one per pass
                                         #   over the suite, and pool their samples (budget_s and
                                         #   min_steps are shared out): see runner.py
+    extra_visits = 0                    # [0] groups whose medians still miss target_noise
+                                        #   after those visits get up to this many more, each
+                                        #   in a pass of its own over those groups
 
     [measure]                           # what to measure besides latency
     memory = true                       # [true] peak memory of a step, exact state bytes
@@ -155,6 +158,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_interference": ("a number", 0.1),
         "noop_check": ("a boolean", True),
         "visits": ("an integer", 1),
+        "extra_visits": ("an integer", 0),
     },
     "measure": {
         "memory": ("a boolean", True),
@@ -199,6 +203,9 @@ class TimingSettings:
     # passes over the suite in which each latency group is timed, its samples pooled: the
     # machine's speed drifts over seconds, and one window of a few seconds is one draw of it
     visits: int = 1
+    # more visits, up to this many, for the groups whose pooled medians still miss target_noise:
+    # a spread between moments narrows only with more moments (runner.py)
+    extra_visits: int = 0
 
 
 @dataclass(frozen=True)

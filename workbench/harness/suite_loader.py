@@ -517,6 +517,14 @@ class _Loader:
             )
         if timing.visits < 1:
             raise self.error("timing.visits", f"must be at least 1, got {timing.visits}")
+        if timing.extra_visits < 0:
+            raise self.error("timing.extra_visits", f"must be >= 0, got {timing.extra_visits}")
+        if timing.extra_visits and timing.visits < 2:
+            raise self.error(
+                "timing.extra_visits",
+                f"needs visits >= 2 (a median's spread between moments), got visits = "
+                f"{timing.visits}",
+            )
         if timing.max_steps < timing.min_steps:
             raise self.error(
                 "timing.max_steps",
