@@ -119,7 +119,7 @@ OnVisitDone = Callable[[list[Any], int, int], None]
 
 def _visit_label(index: int, of: int) -> str:
     """ "visit 2/3", or past the suite's visits "extra visit 1" (runner: extra_visits)."""
-    return f"visit {index + 1}/{of}" if index < of - 1 else f"extra visit {index - of + 2}"
+    return f"visit {index + 1}/{of}" if index < of else f"extra visit {index - of + 1}"
 
 
 @contextlib.contextmanager
@@ -145,7 +145,9 @@ def _progress(pending: list[Any], visits: int = 1) -> Iterator[tuple[OnCaseDone,
 
     def added(unit: list[Any], index: int, of: int) -> None:
         nonlocal work
-        if index >= of - 1:  # an extra visit (runner: extra_visits) is work no one counted
+        # `work` counts each case's visits but the last once (the rows' pass stands for it): the
+        # last visit and any extra one (runner: extra_visits) are work beyond that
+        if index >= of - 1:
             work += len(unit)
 
     if not sys.stdout.isatty():

@@ -15,10 +15,11 @@ took our CPUs meanwhile, then per case check what was timed and take the untimed
 - exact state bytes, the step's peak memory and launches, as the suite asks.
 
 A group timed in visits (``[timing] visits`` > 1; the runner makes one pass over the suite per
-visit): ``visit_group`` times each earlier visit and keeps only its samples (the workloads are
-built afresh each time and freed after); ``measure_group``, given them, times the last visit and
-makes the rows from every visit's samples pooled (timing.pooled), with each visit's median
-(``visit_medians_s``) and their range over the pooled median (``visit_spread``).
+visit, and extra passes for the groups still noisy): ``visit_group`` times each visit and keeps
+only its samples (the workloads are built afresh each time and freed after); ``measure_group``,
+given them all, times nothing more and makes the rows from every visit's samples pooled
+(timing.pooled), with each visit's median (``visit_medians_s``) and their range over the pooled
+median (``visit_spread``).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class Visit:
 
     timings: dict[str, Timing | Exception]
     monitor: Timing | Exception | None = None
+    # per case id, what its timed steps returned (closure evaluations), one entry per sample
+    returned: dict[str, list[int | None]] = field(default_factory=dict)
 
 
 def visit_group(
@@ -169,6 +172,9 @@ def visit_group(
         timings = _time_group(prepared, suite, monitor, index, of)
         visit.monitor = timings.pop() if monitor else None
         visit.timings.update((p.case.case_id, t) for p, t in zip(prepared, timings))
+        for p, t in zip(prepared, timings):
+            if isinstance(t, Timing):
+                visit.returned[p.case.case_id] = p.returned[len(p.returned) - len(t.samples_s) :]
     return visit
 
 
@@ -177,18 +183,22 @@ def measure_group(
 ) -> list[tuple[Case, Outcome]]:
     """Build every case of a group, time their steps together, then check and probe each one.
     Returns per case a callable giving its row or raising what went wrong with it (a failing case
-    does not stop the others). `earlier`: the group's earlier visits (visit_group), whose samples
-    are pooled with this last visit's."""
+    does not stop the others).
+
+    `earlier`: the group's visits (visit_group). Given, nothing more is timed: the rows are made
+    from their samples pooled, and the workloads built here serve the checks and probes (each
+    takes one untimed first step, which finds a step that drops its grads, as timing would)."""
     earlier = earlier or []
     prepared, failed = _prepare_all(cases, suite, earlier)
     outcomes: dict[str, Outcome] = {case_id: failed_outcome(e) for case_id, e in failed}
     if prepared:
         monitor = _monitor(prepared, suite)
-        timings = _time_group(prepared, suite, monitor, len(earlier), len(earlier) + 1)
         if earlier:
-            timings = [_pool(earlier, p.case.case_id, t) for p, t in zip(prepared, timings)] + (
-                [_pool(earlier, None, timings[-1])] if monitor else []
+            timings = _pooled_visits(prepared, earlier) + (
+                [_pool(earlier, None)] if monitor else []
             )
+        else:
+            timings = _time_group(prepared, suite, monitor)
         window = _window_probe(timings.pop(), monitor) if monitor else {}
         for p, timing in zip(prepared, timings):
             if isinstance(timing, Exception):
@@ -237,12 +247,27 @@ def _earlier_timings(earlier: list[Visit], case_id: str | None) -> list[Timing]:
     return [t for t in found if isinstance(t, Timing)]
 
 
-def _pool(
-    earlier: list[Visit], case_id: str | None, last: Timing | Exception
-) -> Timing | Exception:
-    if isinstance(last, Exception):
-        return last
-    return pooled([*_earlier_timings(earlier, case_id), last])
+def _pool(earlier: list[Visit], case_id: str | None) -> Timing | Exception:
+    timings = _earlier_timings(earlier, case_id)
+    if not timings:
+        return CaseFailure("error", "no visit timed this case")
+    return pooled(timings)
+
+
+def _pooled_visits(prepared: list[PreparedCase], visits: list[Visit]) -> list[Timing | Exception]:
+    """Each case's visits pooled; its workload, built for the checks and probes, takes its first
+    step (untimed) and is given what the timed steps returned."""
+    out = []
+    for p in prepared:
+        case_id = p.case.case_id
+        try:
+            p.step()
+        except Exception as e:  # it stepped in every visit: a failure now is this row's
+            out.append(e)
+            continue
+        p.returned[:] = [r for v in visits for r in v.returned.get(case_id, [])]
+        out.append(_pool(visits, case_id))
+    return out
 
 
 def _window_probe(timing: Timing | Exception, monitor: bandwidth.StreamMonitor) -> dict[str, Any]:

@@ -10,28 +10,26 @@ the machine as it was when the row was timed, and a resumed run probes afresh. W
 ``repeats`` > 1, each repeat of a group runs in a fresh process (group_worker), and rows whose
 processes disagree beyond their own noise are flagged ``unrepeatable``.
 
-Visits (``[timing] visits`` = V > 1): the run makes V passes over its latency groups, and each
-pass times every group once, with 1/V of the budget; the last pass makes the rows, from the
-samples of all V pooled. Why: the machine's speed drifts over seconds. On this project's 2-core
-VM, with nothing else running in it, the streaming bandwidth moved between 34 and 84 GB/s and an
-op-bound loop between 3.2 and 5.6 ms within one minute (other tenants of the host). A group timed
-in one window of a few seconds is one draw of that drift, the same for all its samples, so its
-noise cannot show it: across three runs the same row read 17 ms and 37 ms, each time precise to
-5%. Visits spread over the run take several draws. Rows are written in the last pass only, so a
-run killed earlier times its groups again on --resume.
+Visits (``[timing] visits`` = V > 1): the run makes V passes over its latency groups, and each pass
+times every group once, with 1/V of the budget; a last pass makes the rows, from the samples of all
+V pooled, timing nothing more. Why: the machine's speed drifts over seconds. On this project's
+2-core VM, with nothing else running in it, the streaming bandwidth moved between 34 and 84 GB/s and
+an op-bound loop between 3.2 and 5.6 ms within one minute (other tenants of the host). A group timed
+in one window of a few seconds is one draw of that drift, the same for all its samples, so its noise
+cannot show it: across three runs the same row read 17 ms and 37 ms, each time precise to 5%. Visits
+spread over the run take several draws. Rows are written in the last pass only, so a run killed
+earlier times its groups again on --resume.
 
-Extra visits (``[timing] extra_visits`` = E): after the first V - 1 passes, up to E more passes,
-each over only the groups whose pooled medians would still miss ``target_noise`` after the last
-pass. Longer visits would not do: more samples of one moment do not narrow a spread between
-moments. The extra passes are the run's adaptive stopping; a row that misses the target after
-them is flagged ``noisy``.
+Extra visits (``[timing] extra_visits`` = E): after the V passes, up to E more, each over only the
+groups whose pooled medians still miss ``target_noise``. Longer visits would not do: more samples of
+one moment do not narrow a spread between moments. The extra passes are the run's adaptive stopping;
+a row that misses the target after them is flagged ``noisy``.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import math
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -210,18 +208,20 @@ def _earlier_visits(
     visits: int,
     on_visit_done: Callable[[list[Case], int, int], None],
 ) -> dict[int, list[Visit]]:
-    """The passes before the last: per unit (by its index), what each of its visits timed. Sharded
-    cases are timed once, in the last pass.
+    """The timing passes before the rows' pass: per unit (by its index), what each of its visits
+    timed. None with one visit (the rows' pass times it). Sharded cases are timed once, in the
+    rows' pass.
 
-    After the suite's `visits - 1` passes over every unit, up to `extra_visits` passes over the
-    units that still need them (see needs_another_visit), so that those rows pool more moments
-    of the machine; `on_visit_done` gets their index counted on past `visits - 1`.
+    After the suite's `visits` passes over every unit, up to `extra_visits` passes over the units
+    that still need them (see needs_another_visit), so that those rows pool more moments of the
+    machine; `on_visit_done` gets their index counted on past `visits - 1`.
     """
     earlier: dict[int, list[Visit]] = {}
+    if visits == 1:
+        return earlier
     numbers = [n for n, unit in enumerate(units) if unit[0].world_size == 1]
-    extra = suite.timing.extra_visits if visits > 1 else 0
-    for index in range(visits - 1 + extra):
-        if index >= visits - 1:  # an extra pass: only the units whose medians are still vague
+    for index in range(visits + suite.timing.extra_visits):
+        if index >= visits:  # an extra pass: only the units whose medians are still vague
             numbers = [n for n in numbers if needs_another_visit(units[n], earlier[n], suite)]
         for number in numbers:
             unit = units[number]
@@ -234,20 +234,17 @@ def _earlier_visits(
 
 
 def needs_another_visit(unit: list[Case], earlier: list[Visit], suite: Suite) -> bool:
-    """Whether some case of the unit would still miss the suite's target_noise after the last
-    pass: the noise of the samples its visits have pooled so far, times sqrt(k / (k + 1)) for
-    the one visit the last pass adds (a median's CI narrows as the square root of the samples,
-    and every visit takes about as many). A case that failed needs nothing more."""
+    """Whether some case of the unit misses the suite's target_noise with the samples its visits
+    have pooled. A case that failed needs nothing more."""
     target = suite.timing.target_noise
     if not target:  # 0: the suite asked for no adaptive timing
         return False
-    k = len(earlier)
     for case in unit:
         timings = [v.timings.get(case.case_id) for v in earlier]
         if not timings or not all(isinstance(t, Timing) and t.samples_s for t in timings):
             continue
         samples = [s for t in timings for s in t.samples_s]  # type: ignore[union-attr]
-        if stability.relative_noise(samples) * math.sqrt(k / (k + 1)) > target:
+        if stability.relative_noise(samples) > target:
             return True
     return False
 
