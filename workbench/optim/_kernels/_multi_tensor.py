@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from ._layout import flat_dense
+from ._storage import to_storage
 from ._triton_env import triton_interpreting
 
 TL_DTYPES = {
@@ -184,3 +185,52 @@ def role_pointer(meta, role, n_tensors, t, DTYPE: tl.constexpr, ALIGNED: tl.cons
         # For a pointer the unit is bytes.
         pointer = tl.multiple_of(pointer, 16)
     return pointer
+
+
+# ---- inside a kernel: the prologue and epilogue every element kernel shares -------------------
+# fp16/bf16 are widened to fp32 for the math and narrowed once, when stored; fp64 stays fp64.
+
+
+@triton.jit
+def to_math(x, DTYPE: tl.constexpr):
+    """`x` in the dtype the math runs in for storage dtype DTYPE: fp64 for fp64, else fp32."""
+    if tl.float64 == DTYPE:
+        return tl.cast(x, tl.float64)
+    else:
+        return tl.cast(x, tl.float32)
+
+
+@triton.jit
+def load_math(pointers, mask, DTYPE: tl.constexpr):
+    """The elements at `pointers`, widened to the math dtype (see to_math)."""
+    return to_math(tl.load(pointers, mask=mask), DTYPE)
+
+
+@triton.jit
+def store_storage(pointers, x, mask, DTYPE: tl.constexpr):
+    """Store `x` narrowed to storage dtype DTYPE, rounded as a GPU rounds (see _storage.py)."""
+    tl.store(pointers, to_storage(x, DTYPE), mask=mask)
+
+
+@triton.jit
+def load_role(meta, role, n_tensors, t, offsets, mask, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """(pointers, widened values) of this program's chunk of element role `role`: the pointers
+    are what store_storage writes the role's new values back through."""
+    pointers = role_pointer(meta, role, n_tensors, t, DTYPE, ALIGNED) + offsets
+    return pointers, load_math(pointers, mask, DTYPE)
+
+
+@triton.jit
+def load_scalar_role(meta, role, n_tensors, t, DTYPE: tl.constexpr):
+    """Tensor `t`'s per-tensor scalar (a step counter...) in row `role`, as stored (dtype DTYPE)."""
+    return tl.load(role_pointer(meta, role, n_tensors, t, DTYPE, False))
+
+
+@triton.jit
+def read_lr(lr, LR_IS_TENSOR: tl.constexpr, DTYPE: tl.constexpr):
+    """lr in the math dtype. A tensor lr is read on the device, so a scheduler's new value needs
+    no new launch arguments (and the launch stays the same every step: graph-capturable)."""
+    if LR_IS_TENSOR:
+        return to_math(tl.load(lr), DTYPE)
+    else:
+        return to_math(lr, DTYPE)

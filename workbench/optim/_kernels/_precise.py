@@ -8,6 +8,8 @@ a few instructions in a kernel that waits on memory. fp64 has only the IEEE vers
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import triton
 import triton.language as tl
@@ -41,6 +43,12 @@ def split(x: float) -> tuple[float, float]:
     """
     hi = float(np.float32(x))
     return hi, x - hi
+
+
+def log2(beta: float) -> float:
+    """log2(beta), for a kernel that forms beta^t as exp2(t * log2(beta)): -inf for beta = 0, so
+    that 0^t = exp2(-inf) = 0, the right answer for a zero beta."""
+    return math.log2(beta) if beta > 0 else -math.inf
 
 
 @triton.jit

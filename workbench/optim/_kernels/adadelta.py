@@ -6,8 +6,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    chunk_of_program,
+    launch,
+    load_math,
+    read_lr,
+    role_pointer,
+    store_storage,
+)
+from ._terms import coupled_grad
 
 
 @triton.jit
@@ -40,30 +47,17 @@ def adadelta_kernel(
     grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED)
     square_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED)
     acc_delta_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED)
-
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    # lr is read on the device, so the launch is the same every step (graph-capturable).
-    if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
-    else:
-        lr_value = tl.cast(lr, acc)
+    lr_value = read_lr(lr, LR_IS_TENSOR, DTYPE)
 
     for part in tl.static_range(PARTS):
         o = offsets + part * PART
         mask = o < numel
-        param = tl.load(param_ptr + o, mask=mask).to(acc)
-        grad = tl.load(grad_ptr + o, mask=mask).to(acc)
-        square_avg = tl.load(square_avg_ptr + o, mask=mask).to(acc)
-        acc_delta = tl.load(acc_delta_ptr + o, mask=mask).to(acc)
+        param = load_math(param_ptr + o, mask, DTYPE)
+        grad = load_math(grad_ptr + o, mask, DTYPE)
+        square_avg = load_math(square_avg_ptr + o, mask, DTYPE)
+        acc_delta = load_math(acc_delta_ptr + o, mask, DTYPE)
 
-        if MAXIMIZE:
-            grad = -grad
-        if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-            grad += weight_decay * param
+        grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
         square_avg = square_avg * rho + one_minus_rho * grad * grad
         # Correctly rounded sqrt and division, as torch computes them: fp32's plain sqrt and `/`
         # are approximate on a GPU (fp64's are exact, and have no _rn forms).
@@ -74,9 +68,9 @@ def adadelta_kernel(
         acc_delta = acc_delta * rho + one_minus_rho * delta * delta
         param -= lr_value * delta
 
-        tl.store(param_ptr + o, to_storage(param, DTYPE), mask=mask)
-        tl.store(square_avg_ptr + o, to_storage(square_avg, DTYPE), mask=mask)
-        tl.store(acc_delta_ptr + o, to_storage(acc_delta, DTYPE), mask=mask)
+        store_storage(param_ptr + o, param, mask, DTYPE)
+        store_storage(square_avg_ptr + o, square_avg, mask, DTYPE)
+        store_storage(acc_delta_ptr + o, acc_delta, mask, DTYPE)
 
 
 def adadelta_fused_step(

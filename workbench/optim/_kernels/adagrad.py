@@ -11,8 +11,16 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _precise
-from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    TL_DTYPES,
+    chunk_of_program,
+    launch,
+    load_role,
+    load_scalar_role,
+    store_storage,
+    to_math,
+)
+from ._terms import coupled_grad, unless_found_inf, unscale
 
 
 @triton.jit
@@ -41,50 +49,33 @@ def adagrad_kernel(
 ):
     # roles: param, grad, sum (elements), step (one scalar per tensor)
     t, offsets, mask = chunk_of_program(meta, 4, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    sum_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_ptr = role_pointer(meta, 3, n_tensors, t, STEP_DTYPE, False)
     if HAS_FOUND_INF:
-        # a uniform condition keeps the mask uniform per 16 elements (16-byte accesses); a select,
-        # not `&`, which the interpreter refuses between a block and a scalar
-        mask = tl.where(tl.load(found_inf) == 0, mask, False)
-
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    state_sum = tl.load(sum_ptr, mask=mask).to(acc)
+        mask = unless_found_inf(mask, found_inf)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    sum_ptr, state_sum = load_role(meta, 2, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
     # hyperparameters come as fp32 pairs (see _precise.split): fp64 math uses both halves
     lr_decay = _precise.widen(lr_decay, lr_decay_lo, DTYPE)
     weight_decay = _precise.widen(weight_decay, weight_decay_lo, DTYPE)
     eps = _precise.widen(eps, eps_lo, DTYPE)
     if HAS_GRAD_SCALE:
-        # GradScaler's scales are powers of two: multiplying by the reciprocal is exact
-        grad *= 1.0 / tl.load(grad_scale).to(acc)
-        tl.store(grad_ptr, to_storage(grad, DTYPE), mask=mask)
+        grad = unscale(grad, grad_ptr, grad_scale, mask, DTYPE)
 
-    if MAXIMIZE:
-        grad = -grad
-    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-        grad += weight_decay * param
+    grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
     state_sum += grad * grad
     std = _precise.sqrt(state_sum, DTYPE) + eps
 
-    # step and lr are read on the device, so the launch is the same every step (graph-capturable).
-    step = tl.load(step_ptr).to(acc)
+    # step is read on the device too: the launch is the same every step (graph-capturable)
+    step = to_math(load_scalar_role(meta, 3, n_tensors, t, STEP_DTYPE), DTYPE)
     if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
+        lr_value = to_math(tl.load(lr), DTYPE)  # read on the device: see read_lr
     else:
         lr_value = _precise.widen(lr, lr_lo, DTYPE)
     decayed_lr = lr_value / (1.0 + (step - 1.0) * lr_decay)
     param -= decayed_lr * _precise.div(grad, std, DTYPE)
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-    tl.store(sum_ptr, to_storage(state_sum, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
+    store_storage(sum_ptr, state_sum, mask, DTYPE)
 
 
 def adagrad_fused_step(

@@ -10,9 +10,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
+from ._multi_tensor import (
+    TL_DTYPES,
+    chunk_of_program,
+    launch,
+    load_role,
+    load_scalar_role,
+    read_lr,
+    store_storage,
+    to_math,
+)
 from ._precise import div, sqrt
-from ._storage import to_storage
+from ._terms import adam_decay
 
 # rows of the pointer table: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq,] step
 
@@ -45,72 +54,52 @@ def adam_kernel(
     else:
         n_roles: tl.constexpr = 5
     t, offsets, mask = chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_sq_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_ptr = role_pointer(meta, n_roles - 1, n_tensors, t, STEP_DTYPE, False)
     # (two ifs: the first is resolved at compile time, the second, on the device, returns early)
     if found_inf is not None:  # noqa: SIM102
         # GradScaler saw an inf or NaN in some grad: the whole step is skipped, nothing is written
         if tl.load(found_inf) != 0:
             return
 
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
     # The host passes log(beta) and 1 - beta, which fp32 holds to full relative precision, unlike
     # beta itself (0.999 is 1.3e-8 off in fp32: 1 - beta2 would be 1.3e-5 off).
-    step = tl.load(step_ptr).to(tl.float32)
-    if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
-    else:
-        lr_value = tl.cast(lr, acc)
+    step = load_scalar_role(meta, n_roles - 1, n_tensors, t, STEP_DTYPE).to(tl.float32)
+    lr_value = read_lr(lr, LR_IS_TENSOR, DTYPE)
     # lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps) as (lr / bc1 * sqrt(bc2)) * m / (sqrt(v) + eps *
     # sqrt(bc2)): one division per element, not two (fp64 division is a long instruction
     # sequence: two spill registers in the widest launch, fp64 unaligned)
-    bias_correction2_sqrt = sqrt(_one_minus_pow(log_beta2, step).to(acc), DTYPE)
-    step_size = div(lr_value, _one_minus_pow(log_beta1, step).to(acc), DTYPE)
+    bias_correction2_sqrt = sqrt(to_math(_one_minus_pow(log_beta2, step), DTYPE), DTYPE)
+    step_size = div(lr_value, to_math(_one_minus_pow(log_beta1, step), DTYPE), DTYPE)
     step_size *= bias_correction2_sqrt
-    eps_value = tl.cast(eps, acc) * bias_correction2_sqrt
-    beta2 = 1.0 - tl.cast(one_minus_beta2, acc)
+    eps_value = to_math(eps, DTYPE) * bias_correction2_sqrt
+    beta2 = 1.0 - to_math(one_minus_beta2, DTYPE)
 
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    exp_avg = tl.load(exp_avg_ptr, mask=mask).to(acc)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr, mask=mask).to(acc)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_ptr, exp_avg = load_role(meta, 2, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_sq_ptr, exp_avg_sq = load_role(meta, 3, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
 
     if grad_scale is not None:
         # unscale in place, as torch's fused Adam does: the caller sees the true gradient after
-        grad = div(grad, tl.load(grad_scale).to(acc), DTYPE)
-        tl.store(grad_ptr, to_storage(grad, DTYPE), mask=mask)
-    if MAXIMIZE:
-        grad = -grad
-    if DECOUPLED:
-        param *= 1.0 - lr_value * tl.cast(weight_decay, acc)
-    else:
-        # skipped like torch does, so an inf param gives no 0 * inf = nan; a select, not a
-        # branch: an `if` here makes the fp64 unaligned launch spill
-        grad = tl.where(weight_decay != 0.0, grad + tl.cast(weight_decay, acc) * param, grad)
-    exp_avg += tl.cast(one_minus_beta1, acc) * (grad - exp_avg)
-    exp_avg_sq = exp_avg_sq * beta2 + tl.cast(one_minus_beta2, acc) * grad * grad
+        grad = div(grad, to_math(tl.load(grad_scale), DTYPE), DTYPE)
+        store_storage(grad_ptr, grad, mask, DTYPE)
+    decay = 1.0 - lr_value * to_math(weight_decay, DTYPE)  # (used by decoupled decay alone)
+    param, grad = adam_decay(param, grad, weight_decay, decay, MAXIMIZE, DECOUPLED)
+    exp_avg += to_math(one_minus_beta1, DTYPE) * (grad - exp_avg)
+    exp_avg_sq = exp_avg_sq * beta2 + to_math(one_minus_beta2, DTYPE) * grad * grad
     # stored as soon as known: their addresses need no register through the root and division
-    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
-    tl.store(exp_avg_sq_ptr, to_storage(exp_avg_sq, DTYPE), mask=mask)
+    store_storage(exp_avg_ptr, exp_avg, mask, DTYPE)
+    store_storage(exp_avg_sq_ptr, exp_avg_sq, mask, DTYPE)
     if AMSGRAD:
-        max_exp_avg_sq_ptr = role_pointer(meta, 4, n_tensors, t, DTYPE, ALIGNED) + offsets
-        max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr, mask=mask).to(acc)
+        max_ptr, max_exp_avg_sq = load_role(meta, 4, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
         # NaN-propagating, as torch.maximum is (tl.maximum's default returns the other operand)
         max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(max_exp_avg_sq_ptr, to_storage(max_exp_avg_sq, DTYPE), mask=mask)
+        store_storage(max_ptr, max_exp_avg_sq, mask, DTYPE)
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
     param -= div(step_size * exp_avg, sqrt(second_moment, DTYPE) + eps_value, DTYPE)
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
 
 
 @triton.jit

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    TL_DTYPES,
+    chunk_of_program,
+    launch,
+    load_math,
+    read_lr,
+    role_pointer,
+    store_storage,
+    to_math,
+)
+from ._precise import log2
+from ._terms import coupled_grad
 
-# rows of the pointer table
-_PARAM, _GRAD, _EXP_AVG, _EXP_INF, _STEP = range(5)
+# rows of the pointer table (constexpr: a kernel may read no other globals)
+_PARAM, _GRAD, _EXP_AVG, _EXP_INF, _STEP = map(tl.constexpr, range(5))
 
 
 @triton.jit
@@ -34,26 +42,19 @@ def adamax_kernel(
     BLOCK: tl.constexpr,
 ):
     t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_inf_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_ptr = role_pointer(meta, 4, n_tensors, t, STEP_DTYPE, False)
+    # every address first, then every load: loaded role by role (load_role), the 16-bit unaligned
+    # launches spill on sm_80
+    param_ptr = role_pointer(meta, _PARAM, n_tensors, t, DTYPE, ALIGNED) + offsets
+    grad_ptr = role_pointer(meta, _GRAD, n_tensors, t, DTYPE, ALIGNED) + offsets
+    exp_avg_ptr = role_pointer(meta, _EXP_AVG, n_tensors, t, DTYPE, ALIGNED) + offsets
+    exp_inf_ptr = role_pointer(meta, _EXP_INF, n_tensors, t, DTYPE, ALIGNED) + offsets
+    step_ptr = role_pointer(meta, _STEP, n_tensors, t, STEP_DTYPE, False)
+    param = load_math(param_ptr, mask, DTYPE)
+    grad = load_math(grad_ptr, mask, DTYPE)
+    exp_avg = load_math(exp_avg_ptr, mask, DTYPE)
+    exp_inf = load_math(exp_inf_ptr, mask, DTYPE)
 
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    exp_avg = tl.load(exp_avg_ptr, mask=mask).to(acc)
-    exp_inf = tl.load(exp_inf_ptr, mask=mask).to(acc)
-
-    if MAXIMIZE:
-        grad = -grad
-    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-        grad += weight_decay * param
+    grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
     exp_avg += (1 - beta1) * (grad - exp_avg)
     # NaN-propagating, as torch.maximum is (tl.maximum's default returns the other operand)
     exp_inf = tl.maximum(exp_inf * beta2, tl.abs(grad) + eps, propagate_nan=tl.PropagateNan.ALL)
@@ -61,16 +62,12 @@ def adamax_kernel(
     # step and lr are read on the device, so the launch is the same every step (graph-capturable).
     step = tl.load(step_ptr).to(tl.float32)
     bias_correction = 1.0 - tl.exp2(step * log2_beta1)
-    if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(tl.float32)
-    else:
-        lr_value = lr
-    step_size = (lr_value / bias_correction).to(acc)
+    step_size = to_math(read_lr(lr, LR_IS_TENSOR, tl.float32) / bias_correction, DTYPE)
     param -= step_size * (exp_avg / exp_inf)
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
-    tl.store(exp_inf_ptr, to_storage(exp_inf, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
+    store_storage(exp_avg_ptr, exp_avg, mask, DTYPE)
+    store_storage(exp_inf_ptr, exp_inf, mask, DTYPE)
 
 
 def adamax_fused_step(
@@ -91,8 +88,7 @@ def adamax_fused_step(
     lr_is_tensor = isinstance(lr, Tensor)
     if lr_is_tensor and lr.device != params[0].device:
         lr = lr.to(params[0].device)
-    # log2(0) = -inf gives beta1**step = exp2(-inf) = 0, the right answer for beta1 = 0.
-    log2_beta1 = math.log2(beta1) if beta1 > 0 else -math.inf
+    log2_beta1 = log2(beta1)
     # floats, always: an int (weight_decay=0) would be typed i32 and compile a second kernel
     scalars = [float(x) for x in (beta1, log2_beta1, beta2, eps, weight_decay)]
     launch(

@@ -11,8 +11,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    TL_DTYPES,
+    chunk_of_program,
+    launch,
+    load_math,
+    load_role,
+    load_scalar_role,
+    role_pointer,
+    store_storage,
+    to_math,
+)
+from ._terms import coupled_grad
 
 
 @triton.jit
@@ -31,37 +41,25 @@ def asgd_kernel(
 ):
     # rows of the pointer table: param, grad, ax, then the scalar roles mu, eta
     t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
+    # fp64 math (for fp64 params) widens an fp32 eta and mu
+    eta = to_math(load_scalar_role(meta, 4, n_tensors, t, ETA_DTYPE), DTYPE)
+    mu = to_math(load_scalar_role(meta, 3, n_tensors, t, MU_DTYPE), DTYPE)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
     ax_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-    mu_ptr = role_pointer(meta, 3, n_tensors, t, MU_DTYPE, False)
-    eta_ptr = role_pointer(meta, 4, n_tensors, t, ETA_DTYPE, False)
 
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64 (and widens an fp32 eta).
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    eta = tl.load(eta_ptr).to(acc)
-    mu = tl.load(mu_ptr).to(acc)
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-
-    if MAXIMIZE:
-        grad = -grad
-    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-        grad += weight_decay * param
+    grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
     param = param * (1 - lambd * eta) - eta * grad
 
     if mu == 1:
         # Before t0 the average is the iterate itself: ax need not be read (a fifth less traffic).
         ax = param
     else:
-        ax = tl.load(ax_ptr, mask=mask).to(acc)
+        ax = load_math(ax_ptr, mask, DTYPE)
         ax += mu * (param - ax)
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-    tl.store(ax_ptr, to_storage(ax, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
+    store_storage(ax_ptr, ax, mask, DTYPE)
 
 
 def asgd_fused_step(

@@ -6,8 +6,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import chunk_of_program, launch, load_role, read_lr, store_storage, to_math
 
 
 @triton.jit
@@ -29,39 +28,27 @@ def lion_kernel(
     BLOCK: tl.constexpr,
 ):
     t, offsets, mask = chunk_of_program(meta, 3, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_ptr, exp_avg = load_role(meta, 2, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
 
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    exp_avg = tl.load(exp_avg_ptr, mask=mask).to(acc)
-
-    if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
-    else:
-        lr_value = tl.cast(lr, acc)
+    lr_value = read_lr(lr, LR_IS_TENSOR, DTYPE)
     if MAXIMIZE:
         grad = -grad
     if DECAY:
         if LR_IS_TENSOR:
             # 1 - lr * weight_decay from the tensor lr, in its fp32, as the forloop forms it
-            param *= (1.0 - tl.load(lr).to(tl.float32) * decay_factor).to(acc)
+            param *= to_math(1.0 - tl.load(lr).to(tl.float32) * decay_factor, DTYPE)
         else:
-            param *= tl.cast(decay_factor, acc)
+            param *= to_math(decay_factor, DTYPE)
     interpolated = exp_avg * beta1 + grad * one_minus_beta1
     # torch.sign on CPU: 0 for a NaN too
-    sign = tl.where(interpolated > 0, 1.0, tl.where(interpolated < 0, -1.0, 0.0)).to(acc)
+    sign = to_math(tl.where(interpolated > 0, 1.0, tl.where(interpolated < 0, -1.0, 0.0)), DTYPE)
     param -= sign * lr_value
     exp_avg = exp_avg * beta2 + grad * one_minus_beta2
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
+    store_storage(exp_avg_ptr, exp_avg, mask, DTYPE)
 
 
 def lion_fused_step(

@@ -15,8 +15,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import TL_DTYPES, _table, chunk_of_program, launch, role_pointer
+from ._multi_tensor import (
+    TL_DTYPES,
+    _table,
+    chunk_of_program,
+    launch,
+    load_role,
+    load_scalar_role,
+    store_storage,
+    to_math,
+)
+from ._precise import log2
 from ._storage import to_storage
+from ._terms import adam_decay, lr_and_decay, moments
 
 # rows of the element launch's pointer table (constexpr: a kernel may read no other globals)
 _PARAM, _GRAD, _EXP_AVG, _EXP_AVG_SQ, _STEP, _MU_PRODUCT = map(tl.constexpr, range(6))
@@ -79,71 +90,40 @@ def nadam_kernel(
     BLOCK: tl.constexpr,
 ):
     t, offsets, mask = chunk_of_program(meta, 6, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, _PARAM, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, _GRAD, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_ptr = role_pointer(meta, _EXP_AVG, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_sq_ptr = role_pointer(meta, _EXP_AVG_SQ, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_ptr = role_pointer(meta, _STEP, n_tensors, t, STEP_DTYPE, False)
-    mu_product_ptr = role_pointer(meta, _MU_PRODUCT, n_tensors, t, MU_DTYPE, False)
-
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
 
     # Per-tensor scalars, once per program and in fp64: 1 - beta2^t is 1e-3 at t=1 for the default
     # beta2, which fp32 would leave with four correct digits. mu_product is already this step's.
-    step = tl.load(step_ptr).to(tl.float64)
-    mu_product = tl.load(mu_product_ptr).to(tl.float64)
-    if LR_IS_TENSOR:
-        lr_stored = tl.load(lr)
-        lr_value = lr_stored.to(tl.float64)
-        # torch.optim forms 1 - lr * weight_decay in the dtype of a tensor lr (fp32 rounding of
-        # a factor that scales the whole param): do the same
-        decay = (1.0 - lr_stored * weight_decay).to(acc)
-    else:
-        lr_value = tl.cast(lr, tl.float64)
-        decay = (1.0 - lr_value * tl.cast(weight_decay, tl.float64)).to(acc)
+    step = load_scalar_role(meta, _STEP, n_tensors, t, STEP_DTYPE).to(tl.float64)
+    mu_product = load_scalar_role(meta, _MU_PRODUCT, n_tensors, t, MU_DTYPE).to(tl.float64)
+    lr_value, decay = lr_and_decay(lr, weight_decay, LR_IS_TENSOR, DTYPE)
     mu = _mu(step, beta1, md_log2_096)
     mu_next = _mu(step + 1.0, beta1, md_log2_096)
     sqrt_bc2 = tl.sqrt(1.0 - tl.exp2(step * tl.cast(log2_beta2, tl.float64)))
     # sqrt(v / bc2) + eps = (sqrt(v) + eps * sqrt(bc2)) / sqrt(bc2): the bias correction folds into
     # the scalars, so one value fewer stays live per element (fp64 launches are short of registers)
-    grad_coef = (lr_value * (1.0 - mu) / (1.0 - mu_product) * sqrt_bc2).to(acc)
-    avg_coef = (lr_value * mu_next / (1.0 - mu_product * mu_next) * sqrt_bc2).to(acc)
-    eps_scaled = (tl.cast(eps, tl.float64) * sqrt_bc2).to(acc)
+    grad_coef = to_math(lr_value * (1.0 - mu) / (1.0 - mu_product) * sqrt_bc2, DTYPE)
+    avg_coef = to_math(lr_value * mu_next / (1.0 - mu_product * mu_next) * sqrt_bc2, DTYPE)
+    eps_scaled = to_math(tl.cast(eps, tl.float64) * sqrt_bc2, DTYPE)
 
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    exp_avg = tl.load(exp_avg_ptr, mask=mask).to(acc)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr, mask=mask).to(acc)
+    param_ptr, param = load_role(meta, _PARAM, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, _GRAD, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_ptr, exp_avg = load_role(meta, _EXP_AVG, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_sq_ptr, exp_avg_sq = load_role(
+        meta, _EXP_AVG_SQ, n_tensors, t, offsets, mask, DTYPE, ALIGNED
+    )
 
-    if MAXIMIZE:
-        grad = -grad
-    if DECOUPLED:
-        param *= decay
-    else:
-        # skipped like torch does, so an inf param gives no 0 * inf = nan; a select, not a
-        # branch: an `if` here makes the fp64 unaligned launch spill
-        grad = tl.where(weight_decay != 0.0, grad + weight_decay * param, grad)
-    exp_avg += one_minus_beta1 * (grad - exp_avg)
-    # beta2 * v + (1 - beta2) * g^2 as torch writes it, not as a lerp v + (1 - beta2) * (g^2 - v):
-    # once v is inf, the lerp gives inf - inf = nan where torch keeps inf
-    beta2 = 1.0 - tl.cast(one_minus_beta2, acc)  # in fp64 for fp64: exactly 1 - (1 - beta2)
-    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (grad * grad)
+    param, grad = adam_decay(param, grad, weight_decay, decay, MAXIMIZE, DECOUPLED)
+    exp_avg, exp_avg_sq = moments(
+        grad, exp_avg, exp_avg_sq, one_minus_beta1, one_minus_beta2, DTYPE
+    )
     # The state is stored before the square root and the division: in fp64 each has a slow path
     # that ptxas makes a call, and values live across a call spill (fp64 unaligned launches have
     # 64 registers a thread). Stored first, no value stays live only to be stored after them.
     numerator = grad_coef * grad + avg_coef * exp_avg
-    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
-    tl.store(exp_avg_sq_ptr, to_storage(exp_avg_sq, DTYPE), mask=mask)
+    store_storage(exp_avg_ptr, exp_avg, mask, DTYPE)
+    store_storage(exp_avg_sq_ptr, exp_avg_sq, mask, DTYPE)
     param -= numerator / (tl.sqrt(exp_avg_sq) + eps_scaled)
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-
-
-def _log2(x: float) -> float:
-    # log2(0) = -inf makes 0^t = exp2(-inf) = 0, the right answer for a zero beta
-    return math.log2(x) if x > 0 else -math.inf
+    store_storage(param_ptr, param, mask, DTYPE)
 
 
 def nadam_fused_step(
@@ -185,7 +165,7 @@ def nadam_fused_step(
     # would be off by 3e-5 relative.
     scalars = [
         float(x)
-        for x in (beta1, 1.0 - beta1, 1.0 - beta2, _log2(beta2), md_log2_096, eps, weight_decay)
+        for x in (beta1, 1.0 - beta1, 1.0 - beta2, log2(beta2), md_log2_096, eps, weight_decay)
     ]  # fmt: skip
     launch(
         nadam_kernel,

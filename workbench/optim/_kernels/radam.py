@@ -7,14 +7,21 @@ same every step (graph-capturable).
 
 from __future__ import annotations
 
-import math
-
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import TL_DTYPES, chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    TL_DTYPES,
+    chunk_of_program,
+    launch,
+    load_role,
+    load_scalar_role,
+    store_storage,
+    to_math,
+)
+from ._precise import log2
+from ._terms import adam_decay, lr_and_decay, moments
 
 # rows of the pointer table (constexpr: a kernel may read no other globals)
 _PARAM, _GRAD, _EXP_AVG, _EXP_AVG_SQ, _STEP = map(tl.constexpr, range(5))
@@ -41,31 +48,13 @@ def radam_kernel(
     BLOCK: tl.constexpr,
 ):
     t, offsets, mask = chunk_of_program(meta, 5, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, _PARAM, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, _GRAD, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_ptr = role_pointer(meta, _EXP_AVG, n_tensors, t, DTYPE, ALIGNED) + offsets
-    exp_avg_sq_ptr = role_pointer(meta, _EXP_AVG_SQ, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_ptr = role_pointer(meta, _STEP, n_tensors, t, STEP_DTYPE, False)
-
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
 
     # Per-tensor scalars, once per program, in fp64: rho_t is the difference of two numbers near
     # rho_inf (2e3 for the default beta2) and is compared with 5. beta2 enters only through
     # log2_beta2, so rho_inf and beta2^t describe the same (fp32-rounded) beta2 and their
     # difference stays exact.
-    step = tl.load(step_ptr).to(tl.float64)
-    if LR_IS_TENSOR:
-        lr_stored = tl.load(lr)
-        lr_value = lr_stored.to(tl.float64)
-        # torch.optim forms 1 - lr * weight_decay in the dtype of a tensor lr (fp32 rounding of
-        # a factor that scales the whole param): do the same
-        decay = (1.0 - lr_stored * weight_decay).to(acc)
-    else:
-        lr_value = tl.cast(lr, tl.float64)
-        decay = (1.0 - lr_value * tl.cast(weight_decay, tl.float64)).to(acc)
+    step = load_scalar_role(meta, _STEP, n_tensors, t, STEP_DTYPE).to(tl.float64)
+    lr_value, decay = lr_and_decay(lr, weight_decay, LR_IS_TENSOR, DTYPE)
     log2_b2 = tl.cast(log2_beta2, tl.float64)
     beta2_t = tl.exp2(step * log2_b2)
     bias_correction1 = 1.0 - tl.exp2(step * tl.cast(log2_beta1, tl.float64))
@@ -75,41 +64,29 @@ def radam_kernel(
     rectified = rho_t > 5.0
     rect_sq = (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
     rect = tl.sqrt(tl.maximum(rect_sq, 0.0))  # negative only where it is not used
-    adaptive = (lr_value * rect * tl.sqrt(bias_correction2) / bias_correction1).to(acc)
-    plain = (lr_value / bias_correction1).to(acc)
+    adaptive = to_math(lr_value * rect * tl.sqrt(bias_correction2) / bias_correction1, DTYPE)
+    plain = to_math(lr_value / bias_correction1, DTYPE)
 
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    exp_avg = tl.load(exp_avg_ptr, mask=mask).to(acc)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr, mask=mask).to(acc)
+    param_ptr, param = load_role(meta, _PARAM, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, _GRAD, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_ptr, exp_avg = load_role(meta, _EXP_AVG, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    exp_avg_sq_ptr, exp_avg_sq = load_role(
+        meta, _EXP_AVG_SQ, n_tensors, t, offsets, mask, DTYPE, ALIGNED
+    )
 
-    if MAXIMIZE:
-        grad = -grad
-    if DECOUPLED:
-        param *= decay
-    else:
-        # skipped like torch does, so an inf param gives no 0 * inf = nan; a select, not a
-        # branch: an `if` here makes the fp64 unaligned launch spill
-        grad = tl.where(weight_decay != 0.0, grad + weight_decay * param, grad)
-    exp_avg += one_minus_beta1 * (grad - exp_avg)
-    # beta2 * v + (1 - beta2) * g^2 as torch writes it, not as a lerp v + (1 - beta2) * (g^2 - v):
-    # once v is inf, the lerp gives inf - inf = nan where torch keeps inf
-    beta2 = 1.0 - tl.cast(one_minus_beta2, acc)  # in fp64 for fp64: exactly 1 - (1 - beta2)
-    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (grad * grad)
+    param, grad = adam_decay(param, grad, weight_decay, decay, MAXIMIZE, DECOUPLED)
+    exp_avg, exp_avg_sq = moments(
+        grad, exp_avg, exp_avg_sq, one_minus_beta1, one_minus_beta2, DTYPE
+    )
     # The state is stored before the square root and the division: in fp64 each has a slow path
     # that ptxas makes a call, and values live across a call spill (fp64 unaligned launches have
     # 64 registers a thread). Stored first, no value stays live only to be stored after them.
-    tl.store(exp_avg_ptr, to_storage(exp_avg, DTYPE), mask=mask)
-    tl.store(exp_avg_sq_ptr, to_storage(exp_avg_sq, DTYPE), mask=mask)
+    store_storage(exp_avg_ptr, exp_avg, mask, DTYPE)
+    store_storage(exp_avg_sq_ptr, exp_avg_sq, mask, DTYPE)
     # the switch is uniform over the program: a select, no divergence
     scale = tl.where(rectified, adaptive / (tl.sqrt(exp_avg_sq) + eps), plain)
     param -= exp_avg * scale
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-
-
-def _log2(x: float) -> float:
-    # log2(0) = -inf makes 0^t = exp2(-inf) = 0, the right answer for a zero beta
-    return math.log2(x) if x > 0 else -math.inf
+    store_storage(param_ptr, param, mask, DTYPE)
 
 
 def radam_fused_step(
@@ -135,7 +112,7 @@ def radam_fused_step(
     # 1 - beta is passed rather than formed in fp32 from the rounded beta, which for beta2 = 0.999
     # would be off by 3e-5 relative.
     scalars = [
-        float(x) for x in (1.0 - beta1, 1.0 - beta2, _log2(beta1), _log2(beta2), eps, weight_decay)
+        float(x) for x in (1.0 - beta1, 1.0 - beta2, log2(beta1), log2(beta2), eps, weight_decay)
     ]
     launch(
         radam_kernel,

@@ -12,8 +12,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _precise
-from ._multi_tensor import chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import chunk_of_program, launch, load_role, store_storage, to_math
+from ._terms import coupled_grad
 
 
 @triton.jit
@@ -52,18 +52,9 @@ def rmsprop_kernel(
     else:
         n_roles = grad_avg_role
     t, offsets, mask = chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    square_avg_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    square_avg = tl.load(square_avg_ptr, mask=mask).to(acc)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    square_avg_ptr, square_avg = load_role(meta, 2, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
     # hyperparameters come as fp32 pairs (see _precise.split): fp64 math uses both halves
     alpha = _precise.widen(alpha, alpha_lo, DTYPE)
     one_minus_alpha = _precise.widen(one_minus_alpha, one_minus_alpha_lo, DTYPE)
@@ -71,35 +62,31 @@ def rmsprop_kernel(
     weight_decay = _precise.widen(weight_decay, weight_decay_lo, DTYPE)
     momentum = _precise.widen(momentum, momentum_lo, DTYPE)
 
-    if MAXIMIZE:
-        grad = -grad
-    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-        grad += weight_decay * param
+    grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
     square_avg = alpha * square_avg + one_minus_alpha * grad * grad
     if CENTERED:
-        grad_avg_ptr = role_pointer(meta, grad_avg_role, n_tensors, t, DTYPE, ALIGNED) + offsets
-        grad_avg = tl.load(grad_avg_ptr, mask=mask).to(acc)
+        grad_avg_ptr, grad_avg = load_role(
+            meta, grad_avg_role, n_tensors, t, offsets, mask, DTYPE, ALIGNED
+        )
         grad_avg += one_minus_alpha * (grad - grad_avg)
-        tl.store(grad_avg_ptr, to_storage(grad_avg, DTYPE), mask=mask)
+        store_storage(grad_avg_ptr, grad_avg, mask, DTYPE)
         denominator = _precise.sqrt(square_avg - grad_avg * grad_avg, DTYPE) + eps
     else:
         denominator = _precise.sqrt(square_avg, DTYPE) + eps
-    tl.store(square_avg_ptr, to_storage(square_avg, DTYPE), mask=mask)
+    store_storage(square_avg_ptr, square_avg, mask, DTYPE)
 
-    # lr is read on the device, so the launch is the same every step (graph-capturable).
     if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
+        lr_value = to_math(tl.load(lr), DTYPE)  # read on the device: see read_lr
     else:
         lr_value = _precise.widen(lr, lr_lo, DTYPE)
     if HAS_MOMENTUM:
-        buf_ptr = role_pointer(meta, buf_role, n_tensors, t, DTYPE, ALIGNED) + offsets
-        buf = tl.load(buf_ptr, mask=mask).to(acc)
+        buf_ptr, buf = load_role(meta, buf_role, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
         buf = momentum * buf + _precise.div(grad, denominator, DTYPE)
-        tl.store(buf_ptr, to_storage(buf, DTYPE), mask=mask)
+        store_storage(buf_ptr, buf, mask, DTYPE)
         param -= lr_value * buf
     else:
         param -= lr_value * _precise.div(grad, denominator, DTYPE)
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
 
 
 def rmsprop_fused_step(

@@ -6,8 +6,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._multi_tensor import chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import chunk_of_program, launch, load_role, store_storage
 
 
 @triton.jit
@@ -27,20 +26,10 @@ def rprop_kernel(
     # rows of the pointer table: param, grad, prev, step_size (no scalar roles: the update does
     # not depend on the step)
     t, offsets, mask = chunk_of_program(meta, 4, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
-    prev_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
-    step_size_ptr = role_pointer(meta, 3, n_tensors, t, DTYPE, ALIGNED) + offsets
-
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
-    prev = tl.load(prev_ptr, mask=mask).to(acc)
-    step_size = tl.load(step_size_ptr, mask=mask).to(acc)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    prev_ptr, prev = load_role(meta, 2, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    step_size_ptr, step_size = load_role(meta, 3, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
 
     if MAXIMIZE:
         grad = -grad
@@ -61,9 +50,9 @@ def rprop_kernel(
     sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0))
     param -= sign * step_size
 
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
-    tl.store(prev_ptr, to_storage(grad, DTYPE), mask=mask)
-    tl.store(step_size_ptr, to_storage(step_size, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
+    store_storage(prev_ptr, grad, mask, DTYPE)
+    store_storage(step_size_ptr, step_size, mask, DTYPE)
 
 
 def rprop_fused_step(

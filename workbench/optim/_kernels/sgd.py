@@ -14,8 +14,16 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _precise
-from ._multi_tensor import chunk_of_program, launch, role_pointer
-from ._storage import to_storage
+from ._multi_tensor import (
+    chunk_of_program,
+    launch,
+    load_math,
+    load_role,
+    role_pointer,
+    store_storage,
+    to_math,
+)
+from ._terms import coupled_grad, unless_found_inf, unscale
 
 
 @triton.jit
@@ -50,53 +58,36 @@ def sgd_kernel(
     else:
         n_roles = 2
     t, offsets, mask = chunk_of_program(meta, n_roles, n_tensors, n_chunks, BLOCK, ALIGNED)
-    param_ptr = role_pointer(meta, 0, n_tensors, t, DTYPE, ALIGNED) + offsets
-    grad_ptr = role_pointer(meta, 1, n_tensors, t, DTYPE, ALIGNED) + offsets
     if HAS_FOUND_INF:
-        # a uniform condition keeps the mask uniform per 16 elements (16-byte accesses); a select,
-        # not `&`, which the interpreter refuses between a block and a scalar
-        mask = tl.where(tl.load(found_inf) == 0, mask, False)
-
-    # fp16/bf16 are widened to fp32 for the math; fp64 stays fp64.
-    if tl.float64 == DTYPE:
-        acc = tl.float64
-    else:
-        acc = tl.float32
-    param = tl.load(param_ptr, mask=mask).to(acc)
-    grad = tl.load(grad_ptr, mask=mask).to(acc)
+        mask = unless_found_inf(mask, found_inf)
+    param_ptr, param = load_role(meta, 0, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
+    grad_ptr, grad = load_role(meta, 1, n_tensors, t, offsets, mask, DTYPE, ALIGNED)
     # hyperparameters come as fp32 pairs (see _precise.split): fp64 math uses both halves
     momentum = _precise.widen(momentum, momentum_lo, DTYPE)
     one_minus_dampening = _precise.widen(one_minus_dampening, one_minus_dampening_lo, DTYPE)
     weight_decay = _precise.widen(weight_decay, weight_decay_lo, DTYPE)
     if HAS_GRAD_SCALE:
-        # GradScaler's scales are powers of two: multiplying by the reciprocal is exact
-        grad *= 1.0 / tl.load(grad_scale).to(acc)
-        tl.store(grad_ptr, to_storage(grad, DTYPE), mask=mask)
+        grad = unscale(grad, grad_ptr, grad_scale, mask, DTYPE)
 
-    if MAXIMIZE:
-        grad = -grad
-    if weight_decay != 0.0:  # skipped like torch does, so an inf param gives no 0 * inf = nan
-        grad += weight_decay * param
+    grad = coupled_grad(grad, param, weight_decay, MAXIMIZE)
     if HAS_MOMENTUM:
         buf_ptr = role_pointer(meta, 2, n_tensors, t, DTYPE, ALIGNED) + offsets
         if FIRST_STEP:
             buf = grad
         else:
-            buf = tl.load(buf_ptr, mask=mask).to(acc)
-            buf = momentum * buf + one_minus_dampening * grad
-        tl.store(buf_ptr, to_storage(buf, DTYPE), mask=mask)
+            buf = momentum * load_math(buf_ptr, mask, DTYPE) + one_minus_dampening * grad
+        store_storage(buf_ptr, buf, mask, DTYPE)
         if NESTEROV:
             grad += momentum * buf
         else:
             grad = buf
 
-    # lr is read on the device, so a scheduler's new value needs no new launch arguments.
     if LR_IS_TENSOR:
-        lr_value = tl.load(lr).to(acc)
+        lr_value = to_math(tl.load(lr), DTYPE)  # read on the device: see read_lr
     else:
         lr_value = _precise.widen(lr, lr_lo, DTYPE)
     param -= lr_value * grad
-    tl.store(param_ptr, to_storage(param, DTYPE), mask=mask)
+    store_storage(param_ptr, param, mask, DTYPE)
 
 
 def sgd_fused_step(

@@ -32,23 +32,17 @@ WB_INLINE void adadelta_loop(const adadelta_ctx *c, int64_t t, int64_t begin, in
     }
 }
 
-static void adadelta_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
-    const adadelta_ctx *c = raw;
-    if (c->coupled)
-        adadelta_loop(c, t, begin, end, 1);
-    else
-        adadelta_loop(c, t, begin, end, 0);
-}
+WB_RANGE_ON(adadelta, c->coupled)
 
 WB_EXPORT(adadelta)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                     int num_threads) {
-    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
+    wb_increment_steps(table + WB_ROW_STEP * n, n, flags[WB_F_STEP_DTYPE]);
     const double rho = hyper[WB_H_RHO], weight_decay = hyper[WB_H_WEIGHT_DECAY];
     const adadelta_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .square_avg = (T *const *)(table + WB_ROW_SQUARE_AVG * n),
-        .acc_delta = (T *const *)(table + WB_ROW_ACC_DELTA * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .square_avg = wb_role(table, n, WB_ROW_SQUARE_AVG),
+        .acc_delta = wb_role(table, n, WB_ROW_ACC_DELTA),
         .neg_lr = (ACC)(-hyper[WB_H_LR]), .rho = (ACC)rho, .one_minus_rho = (ACC)(1.0 - rho),
         .eps = (ACC)hyper[WB_H_EPS], .weight_decay = (ACC)weight_decay,
         .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1, .coupled = weight_decay != 0,

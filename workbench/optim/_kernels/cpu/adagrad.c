@@ -47,9 +47,9 @@ WB_EXPORT(adagrad)(const int64_t *table, int64_t n, const double *hyper, const i
         neg_clr[t] = (ACC)(-(lr / (1.0 + (step - 1.0) * lr_decay)));
     }
     const adagrad_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .state_sum = (T *const *)(table + WB_ROW_SUM * n), .neg_clr = neg_clr,
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .state_sum = wb_role(table, n, WB_ROW_SUM), .neg_clr = neg_clr,
         .weight_decay = (ACC)weight_decay, .eps = (ACC)hyper[WB_H_EPS],
         .grad_scale = (ACC)grad_scale, .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
         .unscale = grad_scale != 0, .coupled = weight_decay != 0,

@@ -33,11 +33,8 @@ WB_INLINE void adam_loop(const adam_ctx *c, int64_t t, int64_t begin, int64_t en
         /* decoupled weight decay (decay = 1 otherwise); coupled and decoupled never meet */
         const ACC p = load(param, i) * decay;
         const ACC g = wb_grad(grad, i, p, scale, sign, weight_decay, unscale, coupled);
-        ACC m = load(exp_avg, i), v = load(exp_avg_sq, i);
-        m = wb_lerp(m, g, w);
-        v = v * beta2 + one_minus_beta2 * g * g;
-        store(exp_avg, i, m);
-        store(exp_avg_sq, i, v);
+        ACC m, v;
+        wb_adam_moments(exp_avg, exp_avg_sq, i, g, w, beta2, one_minus_beta2, &m, &v);
         ACC second = v;
         if (amsgrad) {
             const ACC old = load(max_sq, i);
@@ -69,11 +66,11 @@ WB_EXPORT(adam)(const int64_t *table, int64_t n, const double *hyper, const int6
         bc2_sqrt[t] = (ACC)pow(1.0 - pow(beta2, step), 0.5); /* Python's `** 0.5` */
     }
     const adam_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
-        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
-        .max_exp_avg_sq = (T *const *)(table + WB_ROW_MAX_EXP_AVG_SQ * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .exp_avg = wb_role(table, n, WB_ROW_EXP_AVG),
+        .exp_avg_sq = wb_role(table, n, WB_ROW_EXP_AVG_SQ),
+        .max_exp_avg_sq = wb_role(table, n, WB_ROW_MAX_EXP_AVG_SQ),
         .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
         .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],

@@ -31,13 +31,7 @@ WB_INLINE void adamax_loop(const adamax_ctx *c, int64_t t, int64_t begin, int64_
     }
 }
 
-static void adamax_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
-    const adamax_ctx *c = raw;
-    if (c->weight_decay != 0)
-        adamax_loop(c, t, begin, end, 1);
-    else
-        adamax_loop(c, t, begin, end, 0);
-}
+WB_RANGE_ON(adamax, c->weight_decay != 0)
 
 WB_EXPORT(adamax)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                   int num_threads) {
@@ -48,10 +42,10 @@ WB_EXPORT(adamax)(const int64_t *table, int64_t n, const double *hyper, const in
         neg_step_size[t] = (ACC)(-(lr / (1.0 - pow(beta1, step))));
     }
     const adamax_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
-        .exp_inf = (T *const *)(table + WB_ROW_EXP_INF * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .exp_avg = wb_role(table, n, WB_ROW_EXP_AVG),
+        .exp_inf = wb_role(table, n, WB_ROW_EXP_INF),
         .neg_step_size = neg_step_size, .one_minus_beta1 = (ACC)(1.0 - beta1),
         .beta2 = (ACC)hyper[WB_H_BETA2], .eps = (ACC)hyper[WB_H_EPS],
         .weight_decay = (ACC)hyper[WB_H_WEIGHT_DECAY],

@@ -102,9 +102,9 @@ WB_EXPORT(asgd)(const int64_t *table, int64_t n, const double *hyper, const int6
         wb_write_scalar(mu_at, mu_dtype, 1.0 / (step - t0 > 1.0 ? step - t0 : 1.0));
     }
     const asgd_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .ax = (T *const *)(table + WB_ROW_AX * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .ax = wb_role(table, n, WB_ROW_AX),
         .shrink = shrink, .neg_eta = neg_eta, .mu = mu, .averaging = averaging,
         .weight_decay = (ACC)weight_decay, .grad_sign = flags[WB_F_MAXIMIZE] ? (ACC)-1 : (ACC)1,
         .coupled = weight_decay != 0,

@@ -33,21 +33,15 @@ WB_INLINE void lion_loop(const lion_ctx *c, int64_t t, int64_t begin, int64_t en
     }
 }
 
-static void lion_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
-    const lion_ctx *c = raw;
-    if (c->decay)
-        lion_loop(c, t, begin, end, 1);
-    else
-        lion_loop(c, t, begin, end, 0);
-}
+WB_RANGE_ON(lion, c->decay)
 
 WB_EXPORT(lion)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                 int num_threads) {
     const double beta1 = hyper[WB_H_BETA1], beta2 = hyper[WB_H_BETA2];
     const lion_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .exp_avg = wb_role(table, n, WB_ROW_EXP_AVG),
         .lr = (ACC)hyper[WB_H_LR], .beta1 = (ACC)beta1, .one_minus_beta1 = (ACC)(1.0 - beta1),
         .beta2 = (ACC)beta2, .one_minus_beta2 = (ACC)(1.0 - beta2),
         .decay_factor = (ACC)hyper[WB_H_DECAY_FACTOR],

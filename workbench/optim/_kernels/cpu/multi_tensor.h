@@ -104,6 +104,16 @@ static inline ACC wb_lerp(ACC start, ACC end, ACC weight) {
 #define WB_CASES_32(CASE)                                                                       \
     WB_CASES_16(CASE) CASE(16) CASE(17) CASE(18) CASE(19) CASE(20) CASE(21) CASE(22) CASE(23) \
         CASE(24) CASE(25) CASE(26) CASE(27) CASE(28) CASE(29) CASE(30) CASE(31)
+/* `static void <name>_range(...)` for a kernel whose loop is specialized on one flag alone:
+ * <name>_loop(c, t, begin, end, flag) with `flag` (an expression over the <name>_ctx `c`) 0 or 1 */
+#define WB_RANGE_ON(name, flag)                                                              \
+    static void name##_range(const void *raw, int64_t t, int64_t begin, int64_t end) {      \
+        const name##_ctx *c = raw;                                                           \
+        if (flag)                                                                            \
+            name##_loop(c, t, begin, end, 1);                                                \
+        else                                                                                 \
+            name##_loop(c, t, begin, end, 0);                                                \
+    }
 /* bit `k` of a case number, as a compile-time flag */
 #define WB_BIT(bits, k) (((bits) >> (k)) & 1)
 #define WB_INLINE static inline __attribute__((always_inline))
@@ -125,6 +135,18 @@ WB_INLINE ACC wb_grad(T *restrict grad, int64_t i, ACC param, ACC scale, ACC sig
     return g;
 }
 
+/* ---- Adam's moments (Adam, NAdam and RAdam keep them alike) --------------------------------
+ * exp_avg lerps toward g; exp_avg_sq decays by beta2 and gains (1 - beta2) * g * g, torch.optim's
+ * order. Both are stored; their new values come back through *m and *v. */
+WB_INLINE void wb_adam_moments(T *restrict exp_avg, T *restrict exp_avg_sq, int64_t i, ACC g,
+                               ACC one_minus_beta1, ACC beta2, ACC one_minus_beta2, ACC *m,
+                               ACC *v) {
+    *m = wb_lerp(load(exp_avg, i), g, one_minus_beta1);
+    *v = load(exp_avg_sq, i) * beta2 + one_minus_beta2 * g * g;
+    store(exp_avg, i, *m);
+    store(exp_avg_sq, i, *v);
+}
+
 /* ---- per-tensor step counters (0-dim fp32 or fp64 tensors, as torch.optim keeps them) ----- */
 
 enum { WB_STEP_F32 = 0, WB_STEP_F64 = 1 };
@@ -137,6 +159,12 @@ static inline double wb_increment_step(int64_t address, int64_t step_dtype) {
     }
     float *step = (float *)(intptr_t)address;
     return *step += 1.0f;
+}
+
+/* Add one to each of the n step counters in `row` (the table's step row): for the kernels whose
+ * update does not read them, which torch.optim counts all the same. */
+static inline void wb_increment_steps(const int64_t *row, int64_t n, int64_t step_dtype) {
+    for (int64_t t = 0; t < n; ++t) wb_increment_step(row[t], step_dtype);
 }
 
 /* The per-tensor scalar at `address` (fp32 or fp64, by `dtype`), as Tensor.item() reads it. */
@@ -163,6 +191,13 @@ static inline double wb_scale_scalar(int64_t address, int64_t dtype, double fact
     }
     float *x = (float *)(intptr_t)address;
     return *x *= (float)factor;
+}
+
+/* ---- the table's rows ------------------------------------------------------------------------ */
+
+/* Row `row` of the table (n entries): the data pointers of one role, one per tensor. */
+static inline T *const *wb_role(const int64_t *table, int64_t n, int64_t row) {
+    return (T *const *)(table + row * n);
 }
 
 /* ---- the parallel walk over the concatenation of all tensors ------------------------------ */

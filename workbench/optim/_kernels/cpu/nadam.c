@@ -28,10 +28,8 @@ WB_INLINE void nadam_loop(const nadam_ctx *c, int64_t t, int64_t begin, int64_t 
         /* decoupled weight decay (decay = 1 otherwise); coupled and decoupled never meet */
         const ACC p = load(param, i) * decay;
         const ACC g = wb_grad(grad, i, p, 1, sign, weight_decay, 0, coupled);
-        const ACC m = wb_lerp(load(exp_avg, i), g, w);
-        const ACC v = load(exp_avg_sq, i) * beta2 + one_minus_beta2 * g * g;
-        store(exp_avg, i, m);
-        store(exp_avg_sq, i, v);
+        ACC m, v;
+        wb_adam_moments(exp_avg, exp_avg_sq, i, g, w, beta2, one_minus_beta2, &m, &v);
         const ACC denom = wb_sqrt(v / bias_correction2) + eps;
         /* two updates, in torch's order (in fp32 math both: fp16/bf16 round once, when stored) */
         const ACC once = p + grad_coef * g / denom;
@@ -39,13 +37,7 @@ WB_INLINE void nadam_loop(const nadam_ctx *c, int64_t t, int64_t begin, int64_t 
     }
 }
 
-static void nadam_range(const void *raw, int64_t t, int64_t begin, int64_t end) {
-    const nadam_ctx *c = raw;
-    if (c->coupled)
-        nadam_loop(c, t, begin, end, 1);
-    else
-        nadam_loop(c, t, begin, end, 0);
-}
+WB_RANGE_ON(nadam, c->coupled)
 
 /* the momentum coefficient of step `step` */
 static double nadam_mu(double beta1, double step, double momentum_decay) {
@@ -71,10 +63,10 @@ WB_EXPORT(nadam)(const int64_t *table, int64_t n, const double *hyper, const int
         bias_correction2[t] = (ACC)(1.0 - pow(beta2, step));
     }
     const nadam_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
-        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .exp_avg = wb_role(table, n, WB_ROW_EXP_AVG),
+        .exp_avg_sq = wb_role(table, n, WB_ROW_EXP_AVG_SQ),
         .grad_coef = grad_coef, .avg_coef = avg_coef, .bias_correction2 = bias_correction2,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
         .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],

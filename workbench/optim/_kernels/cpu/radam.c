@@ -30,11 +30,9 @@ WB_INLINE void radam_loop(const radam_ctx *c, int64_t t, int64_t begin, int64_t 
         /* decoupled weight decay (decay = 1 otherwise); coupled and decoupled never meet */
         const ACC p = load(param, i) * decay;
         const ACC g = wb_grad(grad, i, p, 1, sign, weight_decay, 0, coupled);
-        const ACC m = wb_lerp(load(exp_avg, i), g, w);
-        /* updated before the switch too: the rectified steps read its whole history */
-        const ACC v = load(exp_avg_sq, i) * beta2 + one_minus_beta2 * g * g;
-        store(exp_avg, i, m);
-        store(exp_avg_sq, i, v);
+        /* v updated before the switch too: the rectified steps read its whole history */
+        ACC m, v;
+        wb_adam_moments(exp_avg, exp_avg_sq, i, g, w, beta2, one_minus_beta2, &m, &v);
         if (rectified)
             store(param, i, p + neg_step_size * m / (wb_sqrt(v) + eps));
         else
@@ -80,10 +78,10 @@ WB_EXPORT(radam)(const int64_t *table, int64_t n, const double *hyper, const int
         }
     }
     const radam_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .exp_avg = (T *const *)(table + WB_ROW_EXP_AVG * n),
-        .exp_avg_sq = (T *const *)(table + WB_ROW_EXP_AVG_SQ * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .exp_avg = wb_role(table, n, WB_ROW_EXP_AVG),
+        .exp_avg_sq = wb_role(table, n, WB_ROW_EXP_AVG_SQ),
         .neg_step_size = neg_step_size, .rectified = rectified,
         .one_minus_beta1 = (ACC)(1.0 - beta1), .beta2 = (ACC)beta2,
         .one_minus_beta2 = (ACC)(1.0 - beta2), .eps = (ACC)hyper[WB_H_EPS],

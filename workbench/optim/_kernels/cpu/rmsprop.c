@@ -62,15 +62,14 @@ static void rmsprop_range(const void *raw, int64_t t, int64_t begin, int64_t end
 WB_EXPORT(rmsprop)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                    int num_threads) {
     const int has_momentum = flags[WB_F_HAS_MOMENTUM] != 0, centered = flags[WB_F_CENTERED] != 0;
-    for (int64_t t = 0; t < n; ++t)
-        wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
+    wb_increment_steps(table + WB_ROW_STEP * n, n, flags[WB_F_STEP_DTYPE]);
     const double alpha = hyper[WB_H_ALPHA], weight_decay = hyper[WB_H_WEIGHT_DECAY];
     const rmsprop_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .square_avg = (T *const *)(table + WB_ROW_SQUARE_AVG * n),
-        .momentum_buffer = (T *const *)(table + WB_ROW_MOMENTUM_BUFFER * n),
-        .grad_avg = (T *const *)(table + WB_ROW_GRAD_AVG * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .square_avg = wb_role(table, n, WB_ROW_SQUARE_AVG),
+        .momentum_buffer = wb_role(table, n, WB_ROW_MOMENTUM_BUFFER),
+        .grad_avg = wb_role(table, n, WB_ROW_GRAD_AVG),
         .neg_lr = (ACC)(-hyper[WB_H_LR]), .alpha = (ACC)alpha,
         .one_minus_alpha = (ACC)(1.0 - alpha), .eps = (ACC)hyper[WB_H_EPS],
         .weight_decay = (ACC)weight_decay, .momentum = (ACC)hyper[WB_H_MOMENTUM],

@@ -40,12 +40,12 @@ static void rprop_range(const void *raw, int64_t t, int64_t begin, int64_t end) 
 
 WB_EXPORT(rprop)(const int64_t *table, int64_t n, const double *hyper, const int64_t *flags,
                  int num_threads) {
-    for (int64_t t = 0; t < n; ++t) wb_increment_step(table[WB_ROW_STEP * n + t], flags[WB_F_STEP_DTYPE]);
+    wb_increment_steps(table + WB_ROW_STEP * n, n, flags[WB_F_STEP_DTYPE]);
     const rprop_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .prev = (T *const *)(table + WB_ROW_PREV * n),
-        .step_size = (T *const *)(table + WB_ROW_STEP_SIZE * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .prev = wb_role(table, n, WB_ROW_PREV),
+        .step_size = wb_role(table, n, WB_ROW_STEP_SIZE),
         .etaminus = (ACC)hyper[WB_H_ETAMINUS], .etaplus = (ACC)hyper[WB_H_ETAPLUS],
         .step_size_min = (ACC)hyper[WB_H_STEP_SIZE_MIN],
         .step_size_max = (ACC)hyper[WB_H_STEP_SIZE_MAX],

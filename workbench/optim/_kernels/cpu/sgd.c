@@ -53,9 +53,9 @@ WB_EXPORT(sgd)(const int64_t *table, int64_t n, const double *hyper, const int64
     const int has_momentum = (int)flags[WB_F_HAS_MOMENTUM];
     const double weight_decay = hyper[WB_H_WEIGHT_DECAY], grad_scale = hyper[WB_H_GRAD_SCALE];
     const sgd_ctx ctx = {
-        .param = (T *const *)(table + WB_ROW_PARAM * n),
-        .grad = (T *const *)(table + WB_ROW_GRAD * n),
-        .buf = (T *const *)(table + WB_ROW_MOMENTUM_BUFFER * n),
+        .param = wb_role(table, n, WB_ROW_PARAM),
+        .grad = wb_role(table, n, WB_ROW_GRAD),
+        .buf = wb_role(table, n, WB_ROW_MOMENTUM_BUFFER),
         .neg_lr = (ACC)(-hyper[WB_H_LR]), .momentum = (ACC)hyper[WB_H_MOMENTUM],
         .one_minus_dampening = (ACC)(1.0 - hyper[WB_H_DAMPENING]),
         .weight_decay = (ACC)weight_decay, .grad_scale = (ACC)grad_scale,
