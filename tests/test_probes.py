@@ -346,3 +346,19 @@ def test_cuda_stream_bandwidth_and_environment() -> None:
     env = environment.capture_environment(CUDA)
     assert env["gpu_name"] and env["torch_cuda"]
     assert environment.capabilities(CUDA)["latency_cuda_events"] is None
+
+
+def test_the_in_window_monitors_turn_pass_times_into_rates_and_their_spread() -> None:
+    from workbench.harness.bandwidth import DispatchMonitor, StreamMonitor
+
+    stream, ops = StreamMonitor(torch.device("cpu")), DispatchMonitor()
+    seconds = [0.010, 0.011, 0.012, 0.013, 0.020]  # one slow pass: the median is not the mean
+    fields = stream.window_fields(seconds)
+    assert fields["probe_window_bw"] == pytest.approx(stream.bytes_per_pass / 0.012)
+    rates = sorted(stream.bytes_per_pass / s for s in seconds)
+    assert fields["probe_window_spread"] == pytest.approx((rates[3] - rates[1]) / rates[2])
+    fields = ops.window_fields(seconds)
+    assert fields["probe_window_ops"] == pytest.approx(DispatchMonitor.OPS / 0.012)
+    before = ops.x.clone()
+    ops.step()
+    assert torch.equal(ops.x, before)  # add and subtract in turn: a pass changes nothing

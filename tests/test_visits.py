@@ -104,7 +104,8 @@ def test_a_run_in_visits_pools_them_into_one_row_per_case(
         assert len(medians) == 3 and min(medians) <= row["median_s"] <= max(medians)
         assert row["visit_spread"] == pytest.approx((max(medians) - min(medians)) / row["median_s"])
         assert row["n_samples"] == len(row["samples_s"]) >= 3 * 2  # min_steps shared out: 2 each
-        assert row["probe_window_bw"] > 0  # the monitor's passes pooled too
+        assert row["probe_window_bw"] > 0  # the monitors' passes pooled too
+        assert row["probe_window_ops"] > 0 and row["probe_window_ops_spread"] >= 0
 
 
 def test_pooled_visits_are_not_judged_by_the_spread_of_their_passes() -> None:

@@ -171,6 +171,46 @@ class StreamMonitor:
         else:
             self.dst.sub_(self.src)
 
+    def window_fields(self, seconds: list[float]) -> dict[str, float]:
+        """The row's reading from the passes' times: the median bandwidth, and how steady it was
+        (the relative IQR of the passes)."""
+        median, spread = _median_and_spread([self.bytes_per_pass / s for s in seconds])
+        return {"probe_window_bw": median, "probe_window_spread": spread}
+
+
+class DispatchMonitor:
+    """The host's op rate *while* a group is timed: a burst of tiny in-place ops on a tensor that
+    lives in cache, taken as one more step of the group's rounds (CPU only).
+
+    A step of many small tensors (every forloop backend) is bound by how fast the host dispatches
+    ops, not by memory: on this project's VM back-to-back runs moved such rows 12-26% while the
+    streaming probe held still or moved the other way. This reading is theirs, as the stream
+    monitor's is the memory-bound rows'. Each pass is OPS dispatches (add and subtract in turn,
+    so the values never move).
+    """
+
+    OPS = 64
+
+    def __init__(self) -> None:
+        self.x = torch.zeros(16)
+
+    def step(self) -> None:
+        for _ in range(self.OPS // 2):
+            self.x.add_(1.0)
+            self.x.sub_(1.0)
+
+    def window_fields(self, seconds: list[float]) -> dict[str, float]:
+        """Ops per second, median over the passes, and their relative IQR."""
+        median, spread = _median_and_spread([self.OPS / s for s in seconds])
+        return {"probe_window_ops": median, "probe_window_ops_spread": spread}
+
+
+def _median_and_spread(rates: list[float]) -> tuple[float, float]:
+    if len(rates) < 2:
+        return rates[0], 0.0
+    q1, median, q3 = statistics.quantiles(rates, n=4, method="inclusive")
+    return median, (q3 - q1) / median
+
 
 def _stream_buffers(
     device: torch.device, nbytes: int | None = None

@@ -150,11 +150,11 @@ def prepare_case(case: Case, suite: Suite) -> PreparedCase:
 
 @dataclass
 class Visit:
-    """What one earlier visit of a group timed: per case id its Timing, or what it raised, and
-    the bandwidth monitor's."""
+    """What one visit of a group timed: per case id its Timing, or what it raised, and each
+    monitor's (in _monitors' order)."""
 
     timings: dict[str, Timing | Exception]
-    monitor: Timing | Exception | None = None
+    monitors: list[Timing | Exception] = field(default_factory=list)
     # per case id, what its timed steps returned (closure evaluations), one entry per sample
     returned: dict[str, list[int | None]] = field(default_factory=dict)
 
@@ -168,9 +168,8 @@ def visit_group(
     prepared, failed = _prepare_all(cases, suite, earlier or [])
     visit = Visit(timings=dict(failed))
     if prepared:
-        monitor = _monitor(prepared, suite)
-        timings = _time_group(prepared, suite, monitor, index, of)
-        visit.monitor = timings.pop() if monitor else None
+        timings = _time_group(prepared, suite, _monitors(prepared, suite), index, of)
+        visit.monitors = timings[len(prepared) :]
         visit.timings.update((p.case.case_id, t) for p, t in zip(prepared, timings))
         for p, t in zip(prepared, timings):
             if isinstance(t, Timing):
@@ -192,14 +191,14 @@ def measure_group(
     prepared, failed = _prepare_all(cases, suite, earlier)
     outcomes: dict[str, Outcome] = {case_id: failed_outcome(e) for case_id, e in failed}
     if prepared:
-        monitor = _monitor(prepared, suite)
+        monitors = _monitors(prepared, suite)
         if earlier:
-            timings = _pooled_visits(prepared, earlier) + (
-                [_pool(earlier, None)] if monitor else []
-            )
+            timings = _pooled_visits(prepared, earlier)
+            timings += [_pool_monitor(earlier, i) for i in range(len(monitors))]
         else:
-            timings = _time_group(prepared, suite, monitor)
-        window = _window_probe(timings.pop(), monitor) if monitor else {}
+            timings = _time_group(prepared, suite, monitors)
+        window = _window_fields(monitors, timings[len(prepared) :])
+        del timings[len(prepared) :]
         for p, timing in zip(prepared, timings):
             if isinstance(timing, Exception):
                 outcomes[p.case.case_id] = failed_outcome(timing)
@@ -235,23 +234,38 @@ def _prepare_all(
     return prepared, failed
 
 
-def _monitor(prepared: list[PreparedCase], suite: Suite) -> bandwidth.StreamMonitor | None:
+Monitor = bandwidth.StreamMonitor | bandwidth.DispatchMonitor
+
+
+def _monitors(prepared: list[PreparedCase], suite: Suite) -> list[Monitor]:
+    """The machine's readings taken in the group's rounds: streaming bandwidth, and on CPU the
+    host's op rate (on CUDA the rounds time device work, not the host's dispatch)."""
     if not suite.measure.bandwidth_probe:
-        return None
-    return bandwidth.StreamMonitor(prepared[0].device)
+        return []
+    device = prepared[0].device
+    stream = bandwidth.StreamMonitor(device)
+    return [stream, bandwidth.DispatchMonitor()] if device.type == "cpu" else [stream]
 
 
-def _earlier_timings(earlier: list[Visit], case_id: str | None) -> list[Timing]:
-    """A case's (None: the monitor's) timings in the earlier visits that timed it."""
-    found = [v.timings.get(case_id) if case_id else v.monitor for v in earlier]
-    return [t for t in found if isinstance(t, Timing)]
+def _window_fields(monitors: list[Monitor], timings: list[Timing | Exception]) -> dict[str, Any]:
+    window: dict[str, Any] = {}
+    for monitor, timing in zip(monitors, timings):
+        if isinstance(timing, Timing) and timing.samples_s:
+            window.update(monitor.window_fields(timing.samples_s))
+    return window
 
 
-def _pool(earlier: list[Visit], case_id: str | None) -> Timing | Exception:
-    timings = _earlier_timings(earlier, case_id)
+def _pool(earlier: list[Visit], case_id: str) -> Timing | Exception:
+    timings = [t for v in earlier if isinstance(t := v.timings.get(case_id), Timing)]
     if not timings:
         return CaseFailure("error", "no visit timed this case")
     return pooled(timings)
+
+
+def _pool_monitor(earlier: list[Visit], index: int) -> Timing | Exception:
+    timings = [v.monitors[index] for v in earlier if len(v.monitors) > index]
+    timings = [t for t in timings if isinstance(t, Timing)]
+    return pooled(timings) if timings else CaseFailure("error", "no visit read this monitor")
 
 
 def _pooled_visits(prepared: list[PreparedCase], visits: list[Visit]) -> list[Timing | Exception]:
@@ -268,17 +282,6 @@ def _pooled_visits(prepared: list[PreparedCase], visits: list[Visit]) -> list[Ti
         p.returned[:] = [r for v in visits for r in v.returned.get(case_id, [])]
         out.append(_pool(visits, case_id))
     return out
-
-
-def _window_probe(timing: Timing | Exception, monitor: bandwidth.StreamMonitor) -> dict[str, Any]:
-    """The bandwidth the monitor read during the group's rounds: its median, and how steady it was
-    (relative IQR of its passes)."""
-    if isinstance(timing, Exception) or not timing.samples_s:
-        return {}
-    rates = sorted(monitor.bytes_per_pass / s for s in timing.samples_s)
-    median = rates[len(rates) // 2]
-    q1, q3 = rates[len(rates) // 4], rates[(3 * len(rates)) // 4]
-    return {"probe_window_bw": median, "probe_window_spread": (q3 - q1) / median}
 
 
 def visit_settings(t: Any, index: int, of: int) -> dict[str, Any]:
@@ -305,15 +308,15 @@ def visit_settings(t: Any, index: int, of: int) -> dict[str, Any]:
 def _time_group(
     prepared: list[PreparedCase],
     suite: Suite,
-    monitor: bandwidth.StreamMonitor | None,
+    monitors: list[Monitor],
     index: int = 0,
     of: int = 1,
 ) -> list[Timing | Exception]:
-    """Time the group (and the bandwidth monitor, last, as one more step of its rounds) for
+    """Time the group (and the monitors, last, as more steps of its rounds) for
     visit `index` of `of`; once more if other processes took more than the suite allows of our
     CPUs (a burst usually passes; a second reading inside one is flagged by finish_case)."""
     t = suite.timing
-    steps = [p.step for p in prepared] + ([monitor.step] if monitor else [])
+    steps = [p.step for p in prepared] + [m.step for m in monitors]
     settings = visit_settings(t, index, of)
 
     def attempt() -> list[Timing | Exception]:
