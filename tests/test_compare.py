@@ -22,6 +22,7 @@ import pytest
 
 from tests.test_runner import TINY
 from workbench.cli import build_parser, main
+from workbench.harness.environment import machine_id
 from workbench.harness.stability import relative_noise
 from workbench.results import RunStore, load
 from workbench.results.compare import DEFAULT_THRESHOLD, compare_runs
@@ -104,8 +105,14 @@ def one_case(seed: int, medians: list[float], *, n: int = 40, sigma: float = 0.0
     return rows
 
 
-def write_run(path: Path, rows: list[dict], hostname: str = "vm") -> Path:
-    store = RunStore.create(path, {"run_id": path.name, "environment": {"hostname": hostname}}, "")
+def write_run(
+    path: Path, rows: list[dict], hostname: str = "vm", machine: dict[str, Any] | None = None
+) -> Path:
+    """A complete run of `rows`; `machine`: the manifest's fingerprint (without: an older run's)."""
+    environment: dict[str, Any] = {"hostname": hostname}
+    if machine is not None:
+        environment.update(machine=machine, machine_id=machine_id(machine))
+    store = RunStore.create(path, {"run_id": path.name, "environment": environment}, "")
     store.rows = rows[:-1]  # append flushes every row held: one parquet write for the whole run
     store.append(rows[-1])
     store.set_status("complete")
@@ -328,6 +335,21 @@ def test_a_change_the_machine_made_too_is_inconclusive() -> None:
     result = verdicts(base, new)
     assert result.loc[SLOWED, "verdict"] == "regression"
     assert (result["verdict"].drop(index=[SLOWED]) == "inconclusive").all()
+
+
+def test_a_host_whose_op_rate_fell_excuses_a_forloop_sized_change() -> None:
+    """The bandwidth held still, the host dispatched ops 1.15x slower (the forloop rows' ceiling),
+    and the cases moved with it: inconclusive, named by the op-rate probe."""
+    base = _with_probe(synthetic_rows(0, **QUIET), 50e9)
+    new = _with_probe(synthetic_rows(1, scale=1.15, **QUIET), 50e9)
+    assert set(verdicts(base, new)["verdict"]) == {"regression"}  # the bandwidth excuses nothing
+    for rows, ops in ((base, 4.6e5), (new, 4.0e5)):
+        for row in rows:
+            row["probe_window_ops"] = ops
+    result = verdicts(base, new)
+    assert set(result["verdict"]) == {"inconclusive"}
+    assert result["machine_ops_change"].to_numpy() == pytest.approx(1.15)
+    assert result["note"].str.contains("its op-rate probe read 1.150x slower").all()
 
 
 def test_a_machine_that_moved_the_other_way_excuses_nothing() -> None:

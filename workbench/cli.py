@@ -28,7 +28,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from workbench.results.compare import DEFAULT_THRESHOLD, cmd_compare
+from workbench.results.compare import DEFAULT_LOSS_TOLERANCE, DEFAULT_THRESHOLD
+from workbench.results.compare_cli import cmd_compare
 from workbench.results.store import SUITE_COPY, RunStore, RunStoreError, load, status_of
 from workbench.results.summary import row_flags, summary_table
 
@@ -395,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metric", choices=("time", "ratio"), default="time",
                      help="time: absolute medians (same machine); ratio: vs torch.optim "
                           "measured inside each run (across machines)")  # fmt: skip
+    cmp.add_argument("--loss-tolerance", type=float, default=DEFAULT_LOSS_TOLERANCE,
+                     help="a final loss worse than BASE's by more than this, relative, is a "
+                          "regression (default %(default)g)")  # fmt: skip
+    cmp.add_argument("--allow-other-machine", action="store_true",
+                     help="--metric time even when the runs' machine fingerprints differ (only "
+                          "if you know the two machines time alike)")  # fmt: skip
+    cmp.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE",
+                     help="also write a PR comment in Markdown to FILE (no FILE: stdout, "
+                          "and the table goes to stderr)")  # fmt: skip
     cmp.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="write a run's figures to RUN/figures (PNG + SVG)")
@@ -405,6 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", type=Path)
     report.set_defaults(func=cmd_report)
 
+    export = sub.add_parser(
+        "export", help="a run's results for CI dashboards: github-benchmark JSON, json, csv"
+    )
+    export.add_argument("run", type=Path, help="run directory (or its records.parquet)")
+    export.add_argument("--format", choices=("github-benchmark", "json", "csv"),
+                        default="github-benchmark")  # fmt: skip
+    export.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
+    export.set_defaults(func=_lazy("workbench.results.export", "cmd_export"))
+
+    history = sub.add_parser(
+        "history", help="a static page of many runs over time: trends, noise bands, regressions"
+    )
+    history.add_argument("runs", type=Path, nargs="+", help="run directories, or folders of them")
+    history.add_argument("--out", type=Path, default=Path("site"), help="folder to write")
+    history.set_defaults(func=_lazy("workbench.results.history", "cmd_history"))
+
     prof = sub.add_parser("profile", help="write a profiler trace of one case of a suite")
     prof.add_argument("suite", type=Path)
     prof.add_argument("--case", type=int, default=0, help="index into the suite's cases")
@@ -412,6 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", type=Path, default=Path("results/trace.json"))
     prof.set_defaults(func=cmd_profile)
     return parser
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose module is imported when it runs: `workbench run` need not pay for it."""
+
+    def command(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:

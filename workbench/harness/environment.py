@@ -3,17 +3,24 @@
 `capture_environment` never raises: every key is always present, and a value it could not get is
 None with the reason under `environment["unavailable"][key]`. A manifest that silently lacks the
 GPU clock is how two runs on differently-clocked boxes get compared as if they were alike.
+
+`environment["machine"]` is the machine's fingerprint (MACHINE_KEYS: what sets absolute step
+times and stays put across reboots; not the hostname, which CI runners of one type do not share)
+and `environment["machine_id"]` a short hash of it: `workbench compare --metric time` refuses two
+runs whose fingerprints differ.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,8 @@ GPU_KEYS = (
     "gpu_power_limit_w",
     "gpu_temperature_c",
 )
+# The fingerprint's fields: two runs that differ in one of them were timed on different machines.
+MACHINE_KEYS = ("cpu_model", "logical_cores", "memory_gib", "gpu_name", "torch")
 
 
 def capture_environment(device: torch.device | str | None = None) -> dict[str, Any]:
@@ -61,6 +70,7 @@ def capture_environment(device: torch.device | str | None = None) -> dict[str, A
     put("cpu_model", _cpu_model)
     put("logical_cores", os.cpu_count)
     put("torch_threads", torch.get_num_threads)
+    put("memory_bytes", _total_memory)
     put("hostname", socket.gethostname)
     put("os", lambda: f"{platform.system()} {platform.release()} ({platform.platform()})")
 
@@ -79,8 +89,30 @@ def capture_environment(device: torch.device | str | None = None) -> dict[str, A
                 if env[key] is None:
                     unavailable[key] = f"{type(exc).__name__}: {exc}"
 
+    env["machine"] = machine_fingerprint(env)
+    env["machine_id"] = machine_id(env["machine"])
     env["unavailable"] = unavailable
     return env
+
+
+def machine_fingerprint(env: Mapping[str, Any]) -> dict[str, Any]:
+    """The MACHINE_KEYS of an environment as capture_environment gives it. Memory is rounded to
+    GiB: the memory the kernel reserves moves the exact total between boots of one machine type."""
+    memory = env.get("memory_bytes")
+    return {
+        "cpu_model": env.get("cpu_model"),
+        "logical_cores": env.get("logical_cores"),
+        "memory_gib": None if memory is None else round(memory / 2**30),
+        "gpu_name": env.get("gpu_name"),
+        "torch": env.get("torch"),
+    }
+
+
+def machine_id(fingerprint: Mapping[str, Any]) -> str:
+    """A short stable hash of a fingerprint: equal fingerprints, equal ids, in any process."""
+    # sorted JSON and sha256, not hash(): Python salts its string hash per process
+    text = json.dumps(dict(fingerprint), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def capabilities(device: torch.device | str) -> dict[str, str | None]:
@@ -152,6 +184,16 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _total_memory() -> int:
+    """Physical memory in bytes: POSIX sysconf, else psutil (where sysconf lacks the names)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        import psutil  # an ImportError goes to `unavailable` like any failed query
+
+        return int(psutil.virtual_memory().total)
 
 
 def _no_gpu_reason(device: torch.device | None) -> str | None:

@@ -33,14 +33,16 @@ Verdicts of a case ok in both runs:
   or a flag such as interference: the number is not to be taken at face value). `note` says why;
 - same: within the threshold, with a noise floor below it.
 
-The machine's own move (metric="time"): rows record the memory bandwidth a streaming probe read
-in the rounds of their group (`probe_window_bw`). Back-to-back runs of one commit on a shared VM
-move as a whole by up to ~8% in step time, with the probe (measured: the run-level shift of 79
-cases' times against the probe's, r = -0.6 over four quick runs), and a single group can land in
-a 20% dip of the host. When both sides have the reading, `machine_change` is base bw / new bw
-(above 1: the machine was slower in new). A change beyond the threshold that is no longer beyond
-it once the machine's move in the same direction is taken out of it (or that the machine's move
-exceeds: a probe that read a burst moves further than the steps) is inconclusive ("the machine
+The machine's own move (metric="time"): rows record the memory bandwidth a streaming probe read in
+the rounds of their group (`probe_window_bw`), and on CPU the host's op rate (`probe_window_ops`: a
+burst of tiny ops, the ceiling of forloop steps, which moved 12-26% between back-to-back runs while
+the bandwidth held still). Back-to-back runs of one commit on a shared VM move as a whole by up to
+~8% in step time, with the probe (measured: the run-level shift of 79 cases' times against the
+probe's, r = -0.6 over four quick runs), and a single group can land in a 20% dip of the host. When
+both sides have the reading, `machine_change` is base bw / new bw and `machine_ops_change` base ops
+/ new ops (above 1: the machine was slower in new). A change beyond the threshold that is no longer
+beyond it once either monitor's move in the same direction is taken out of it (or that the machine's
+move exceeds: a probe that read a burst moves further than the steps) is inconclusive ("the machine
 moved as much"): the gate cannot tell a slower build from a slower host. A machine that moved the
 other way never excuses anything, and nothing is made a regression by the probe alone.
 
@@ -80,26 +82,45 @@ new lost nothing: "skipped"); "added": only in new. "skipped" rows (a peer not i
 a CPU box) are not failures. The gate (`workbench compare`'s exit 1) is any regression,
 new-failure or missing case (missing accepted with --allow-missing); inconclusive does not fail
 it, and is counted.
+
+Exact measurements (EXACT_COLUMNS): a case's `state_bytes` (its optimizer state) and
+`step_peak_bytes` (the memory one step allocates beyond it), written by measure.finish_case when
+the suite measures memory, and the `final_loss` of a convergence case, do not vary between runs
+of one build: they need no statistics. Where both runs hold one for a case ok in both, any
+growth of the bytes, or a final loss worse than base by more than `loss_tolerance` of |base|
+(DEFAULT_LOSS_TOLERANCE, relative 1e-3: a reordered reduction moves a loss by far less), is a
+regression, a shrink (or a loss better by as much) an improvement, else same; over repeats each
+side's largest value (the worst the run saw) counts. The figures are the columns `base_<name>`
+and `new_<name>`, what changed is in `note` ("state bytes 800000 -> 1200000"), and their verdict
+is `exact_verdict` (None where neither column is on both sides: an old run, memory off).
+One row per case still: `timing_verdict` is the verdict of the timing test alone, and `verdict`,
+the one the gate reads, is the worse (in the order of VERDICTS) of the two; so a grown state fails
+the gate whatever the times did, while a shrunk one is an improvement only where the timing
+verdict is same (or improvement): an inconclusive or slower case stays what it was. A case with
+no step times on either side (a convergence case) has timing verdict "n/a" and is judged by its
+exact verdict alone. In ratio mode torch.optim's rows stay "n/a": they are the reference.
+
+Machines: a run's manifest records its machine's fingerprint (environment["machine"]: CPU model,
+logical cores, memory in GiB, GPU name, torch version; see workbench.harness.environment). Two
+runs whose fingerprints differ are refused in time mode (exit 2, naming the fields that differ:
+absolute times of two machines differ by the machine; a torch upgrade counts too, it moves
+torch.optim's reference and the kernels both), unless --allow-other-machine; ratio mode compares
+them. Runs recorded before the fingerprint get only a printed hint where hostname, CPU or GPU
+differ.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
 from workbench.harness.stability import relative_noise
 
-from .store import RunStoreError, load, load_manifest
 from .summary import problem_columns, with_ratios
 
 Metric = Literal["time", "ratio"]
@@ -119,6 +140,14 @@ BOOTSTRAP_RESAMPLES = 1000
 MIN_BOOTSTRAP_SAMPLES = 8
 # What pool_cases adds to a case's axes.
 POOLED_FIELDS = ("status", "error", "samples", "noise", "flags", "unstable", "machine_bw")
+POOLED_FIELDS += ("machine_ops", "exact")
+# Deterministic per case (see the docstring): any change is real. Column -> how a note names it.
+EXACT_COLUMNS = {
+    "state_bytes": "state bytes", "step_peak_bytes": "step peak bytes", "final_loss": "final loss",
+}  # fmt: skip
+# The columns whose growth is a regression outright; final_loss gets `loss_tolerance`.
+_BYTES = ("state_bytes", "step_peak_bytes")
+DEFAULT_LOSS_TOLERANCE = 1e-3
 
 
 def case_axes(*frames: pd.DataFrame) -> list[str]:
@@ -128,7 +157,7 @@ def case_axes(*frames: pd.DataFrame) -> list[str]:
     return [c for c in CASE_AXES if c in present] + flags
 
 
-def _scalar(value: Any) -> Any:
+def scalar_value(value: Any) -> Any:
     """A hashable, comparable key value: NaN and None alike are None; numpy scalars are python."""
     if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):
         return None
@@ -140,7 +169,7 @@ _AXIS_DEFAULTS = {"world_size": 1}
 
 
 def _axis_value(row: dict[str, Any], axis: str) -> Any:
-    value = _scalar(row.get(axis))
+    value = scalar_value(row.get(axis))
     return _AXIS_DEFAULTS.get(axis) if value is None else value
 
 
@@ -171,14 +200,28 @@ def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "noise": _side_noise(ok, chunks, samples),
         "flags": flags,
         "unstable": any(_row_unstable(r) for r in ok),
-        "machine_bw": _machine_bw(ok),
+        "machine_bw": _machine_reading(ok, "probe_window_bw"),
+        "machine_ops": _machine_reading(ok, "probe_window_ops"),
+        "exact": _exact_values(ok),
     }
 
 
-def _machine_bw(ok: list[dict[str, Any]]) -> float:
-    """The bandwidth the group's in-window probe read (the median over the case's repeats), NaN
-    where no row recorded it (probe off, a sharded case, an old run)."""
-    readings = [v for r in ok if (v := _finite(r.get("probe_window_bw"))) and v > 0]
+def _exact_values(ok: list[dict[str, Any]]) -> dict[str, float]:
+    """Each EXACT_COLUMNS column the case's ok rows hold: the largest over its repeats (the worst
+    the run saw; repeats of one build agree anyway). Absent where no row recorded it."""
+    out = {}
+    for column in EXACT_COLUMNS:
+        values = [v for r in ok if (v := _finite(r.get(column))) is not None]
+        if values:
+            out[column] = max(values)
+    return out
+
+
+def _machine_reading(ok: list[dict[str, Any]], column: str) -> float:
+    """What a monitor read in the group's rounds (`probe_window_bw`: streaming bandwidth;
+    `probe_window_ops`: the host's op rate), the median over the case's repeats; NaN where no
+    row recorded it (probe off, a sharded case, an old run)."""
+    readings = [v for r in ok if (v := _finite(r.get(column))) and v > 0]
     return float(np.median(readings)) if readings else math.nan
 
 
@@ -208,7 +251,7 @@ def _pooled_noise(samples: np.ndarray) -> float:
 
 
 def _finite(value: Any) -> float | None:
-    value = _scalar(value)
+    value = scalar_value(value)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -236,6 +279,7 @@ def compare_runs(
     threshold: float = DEFAULT_THRESHOLD,
     alpha: float = 0.01,
     metric: Metric = "time",
+    loss_tolerance: float = DEFAULT_LOSS_TOLERANCE,
 ) -> pd.DataFrame:
     """One row per case of either run: the axes, verdict, base/new medians, change, noise, p-value.
 
@@ -244,18 +288,24 @@ def compare_runs(
     each side's relative noise, `noise_floor` their sum. `p_raw` is the one-sided p-value in the
     direction of the change, `p_value` the same after Holm's correction over the cases compared.
     `note` says why a verdict is what it is. Sorted: what fails the gate first.
+
+    Where the runs hold EXACT_COLUMNS, `exact_verdict` judges them, `timing_verdict` is the
+    timing test's verdict and `verdict` the worse of the two (see the module docstring);
+    `base_<column>` and `new_<column>` are present for the exact columns either run has.
     """
     if metric not in ("time", "ratio"):
         raise ValueError(f"metric must be 'time' or 'ratio', not {metric!r}")
     if threshold < 0 or not 0 < alpha < 1:
         raise ValueError(f"need threshold >= 0 and 0 < alpha < 1, got {threshold}, {alpha}")
+    if not loss_tolerance >= 0:
+        raise ValueError(f"need loss_tolerance >= 0, got {loss_tolerance}")
     axes = case_axes(base, new)
     pooled = {"base": pool_cases(base, axes), "new": pool_cases(new, axes)}
     test: Callable[[dict, dict], dict[str, Any]] = _test_time
     if metric == "ratio":
         test = partial(_test_ratio, sides=(_RatioSide(pooled["base"]), _RatioSide(pooled["new"])))
     by_key = {
-        side: {tuple(_scalar(r[a]) for a in axes): r for r in df.to_dict("records")}
+        side: {tuple(scalar_value(r[a]) for a in axes): r for r in df.to_dict("records")}
         for side, df in pooled.items()
     }
     rows = []
@@ -265,15 +315,22 @@ def compare_runs(
         row.update(_judge_status(b, n) or test(b, n))
         if metric == "time" and row["verdict"] is None:
             row["note"] = _power_note(row, alpha)
+        # ratio mode does not judge torch.optim: its rows are the reference, not ours
+        if _both_ok(b, n) and (metric == "time" or b.get("implementation") != "torch"):
+            row.update(_judge_exact(b, n, loss_tolerance))
         rows.append(row)
     out = pd.DataFrame(rows)
     _decide(out, threshold, alpha)
+    _combine_exact(out)
     columns = [*axes, "verdict", "base_median_s", "new_median_s", "change", "noise_floor"]
     columns += ["p_value", "p_raw", "base_noise", "new_noise"]
     if metric == "time":
-        columns += ["machine_change"]
+        columns += ["machine_change", "machine_ops_change"]
     if metric == "ratio":
         columns += ["base_vs_torch", "new_vs_torch"]
+    columns += ["timing_verdict", "exact_verdict"]
+    recorded = [c for c in EXACT_COLUMNS if c in base.columns or c in new.columns]
+    columns += [f"{side}_{c}" for c in recorded for side in ("base", "new")]
     out = out.reindex(columns=[*columns, "n_base", "n_new", "note"])
     rank = out["verdict"].map({v: i for i, v in enumerate(VERDICTS)})
     order = np.lexsort((-out["change"].fillna(-math.inf).to_numpy(), rank.to_numpy()))
@@ -288,8 +345,64 @@ def _blank(b: dict | None, n: dict | None) -> dict[str, Any]:
         "n_new": _count(n), "change": nan, "p_slower": nan, "p_faster": nan, "verdict": None,
         "note": "", "base_noise": nan, "new_noise": nan, "noise_floor": nan,
         "_base_flags": [], "_new_flags": [], "_base_unstable": False, "_new_unstable": False,
-        "machine_change": nan,
+        "machine_change": nan, "machine_ops_change": nan, "exact_verdict": None,
+        "_exact_note": "", "_no_times": False,
+        **{
+            f"{side}_{c}": case["exact"].get(c, nan) if case else nan
+            for side, case in (("base", b), ("new", n))
+            for c in EXACT_COLUMNS
+        },
     }  # fmt: skip
+
+
+def _both_ok(b: dict | None, n: dict | None) -> bool:
+    return b is not None and n is not None and b["status"] == n["status"] == "ok"
+
+
+def _judge_exact(b: dict, n: dict, loss_tolerance: float) -> dict[str, Any]:
+    """The exact verdict of a case ok in both runs (None: no column on both sides) and a note
+    naming each column that moved, "state bytes 800000 -> 1200000"."""
+    judged, worse, better, notes = False, False, False, []
+    for column, label in EXACT_COLUMNS.items():
+        old, new = b["exact"].get(column), n["exact"].get(column)
+        if old is None or new is None:  # one run did not measure it: nothing to judge
+            continue
+        judged = True
+        # bytes are counted, not timed: one byte more is more; a loss may move by rounding
+        slack = 0.0 if column in _BYTES else loss_tolerance * abs(old)
+        if new > old + slack:
+            worse = True
+        elif new < old - slack:
+            better = True
+        else:
+            continue
+        notes.append(f"{label} {_exact_text(column, old)} -> {_exact_text(column, new)}")
+    verdict = None if not judged else "regression" if worse else "improvement" if better else "same"
+    no_times = not (len(b["samples"]) or len(n["samples"]))
+    return {"exact_verdict": verdict, "_exact_note": "; ".join(notes), "_no_times": no_times}
+
+
+def _exact_text(column: str, value: float) -> str:
+    if column in _BYTES and float(value).is_integer():
+        return str(int(value))
+    return f"{value:.6g}"  # 6 digits: a move of the default tolerance, 1e-3, shows
+
+
+def _combine_exact(out: pd.DataFrame) -> None:
+    """In place: `timing_verdict` keeps the timing test's verdict, `verdict` becomes the worse of
+    it and the exact verdict, and the note names what the exact columns did."""
+    if out.empty:
+        out["timing_verdict"] = out["exact_verdict"] = pd.Series(dtype=object)
+        return
+    out["timing_verdict"] = out["verdict"]
+    rank = {v: i for i, v in enumerate(VERDICTS)}
+    for i in out.index[out["exact_verdict"].notna()]:
+        exact, note = out.at[i, "exact_verdict"], out.at[i, "_exact_note"]
+        if out.at[i, "_no_times"]:  # nothing timed (a convergence case): the exact verdict alone
+            out.loc[i, ["timing_verdict", "verdict", "note"]] = ["n/a", exact, note]
+            continue
+        out.at[i, "verdict"] = min(out.at[i, "verdict"], exact, key=rank.__getitem__)
+        out.at[i, "note"] = "; ".join(x for x in (cell_text(out.at[i, "note"]), note) if x)
 
 
 def _noise_fields(
@@ -342,12 +455,12 @@ def _verdict(row: dict[str, Any], threshold: float, alpha: float) -> tuple[str, 
     marks = _unstable_note(row)
     if beyond_threshold and marks:
         return "inconclusive", marks
-    if beyond_threshold and (moved := _machine_moved(change, row["machine_change"], threshold)):
+    if beyond_threshold and (moved := _machine_moved(change, row, threshold)):
         return "inconclusive", moved
     # floor <= threshold makes a change beyond the threshold beyond the floor too: the floor
     # only has a say when it exceeds the threshold, and then it hides threshold-sized changes
     if floor > threshold and not size > math.log1p(floor):
-        return "inconclusive", f"noise floor {_pct(floor)} > threshold {_pct(threshold)}"
+        return "inconclusive", f"noise floor {percent(floor)} > threshold {percent(threshold)}"
     if not beyond_threshold:
         return "same", marks
     if not p < alpha:  # NaN (not tested) is not significant either
@@ -356,20 +469,27 @@ def _verdict(row: dict[str, Any], threshold: float, alpha: float) -> tuple[str, 
     return ("regression" if change > 1 else "improvement"), row["note"]
 
 
-def _machine_moved(change: float, machine: float, threshold: float) -> str:
-    """Why a change beyond the threshold is the machine's ("" when it is not): the bandwidth
-    probe moved the same way, and the change divided by that move is within the threshold."""
-    if not (machine > 0 and math.isfinite(machine)):
-        return ""
-    same_direction = math.log(change) * math.log(machine) > 0
-    # "as much or more": a probe that read a burst moves further than the steps it rode along
-    if not same_direction or abs(math.log(change)) - abs(math.log(machine)) > math.log1p(threshold):
-        return ""
-    way = "slower" if machine > 1 else "faster"
-    return (
-        f"the machine moved as much: its bandwidth probe read {machine:.3f}x {way} "
-        f"in the new run's rounds, against this case's {change:.3f}x"
-    )
+_MONITORS = (("machine_change", "bandwidth"), ("machine_ops_change", "op-rate"))
+
+
+def _machine_moved(change: float, row: dict[str, Any], threshold: float) -> str:
+    """Why a change beyond the threshold is the machine's ("" when it is not): a monitor (the
+    streaming bandwidth, or the host's op rate) moved the same way, and the change over that move
+    is within the threshold."""
+    for column, name in _MONITORS:
+        machine = row.get(column, math.nan)
+        if not (machine > 0 and math.isfinite(machine)):
+            continue
+        same_direction = math.log(change) * math.log(machine) > 0
+        # "as much or more": a probe that read a burst moves further than the steps it rode along
+        beyond = abs(math.log(change)) - abs(math.log(machine)) > math.log1p(threshold)
+        if same_direction and not beyond:
+            way = "slower" if machine > 1 else "faster"
+            return (
+                f"the machine moved as much: its {name} probe read {machine:.3f}x {way} "
+                f"in the new run's rounds, against this case's {change:.3f}x"
+            )
+    return ""
 
 
 def _unstable_note(row: dict[str, Any]) -> str:
@@ -382,7 +502,7 @@ def _unstable_note(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _pct(x: float) -> str:
+def percent(x: float) -> str:
     if not math.isfinite(x):
         return "inf"
     return f"{x * 100:.0f}%" if x >= 0.1 else f"{x * 100:.1f}%"
@@ -412,14 +532,14 @@ def _count(case: dict | None) -> int:
 def _judge_status(b: dict | None, n: dict | None) -> dict[str, Any] | None:
     """The verdicts that need no statistics; None when both sides hold ok samples."""
     if b is None:
-        return {"verdict": "added", "note": _text(n["error"])}
+        return {"verdict": "added", "note": cell_text(n["error"])}
     if n is None:
         if b["status"] == "skipped":  # never measured in base: its absence loses nothing
             return {"verdict": "skipped", "note": "skipped in base, absent from new"}
         return {"verdict": "missing", "note": "absent from the new run"}
     if n["status"] == "failed":
         was_ok = b["status"] == "ok"
-        return {"verdict": "new-failure" if was_ok else "failed", "note": _text(n["error"])}
+        return {"verdict": "new-failure" if was_ok else "failed", "note": cell_text(n["error"])}
     if b["status"] == "failed":
         return {"verdict": "fixed", "note": f"base {b['error']}"}
     if "skipped" in (b["status"], n["status"]):
@@ -450,6 +570,7 @@ def _test_time(b: dict, n: dict) -> dict[str, Any]:
     p = float(mannwhitneyu(x, y, alternative="greater" if slower else "less").pvalue)
     out = {"change": change, "p_slower": p if slower else 1.0, "p_faster": 1.0 if slower else p}
     out["machine_change"] = b["machine_bw"] / n["machine_bw"]  # NaN unless both sides read it
+    out["machine_ops_change"] = b["machine_ops"] / n["machine_ops"]
     return {**out, **_noise_fields(b, n)}
 
 
@@ -480,13 +601,13 @@ class _RatioSide:
                 self._reference[key] = row
 
     def case_key(self, row: dict) -> tuple:
-        return tuple(_scalar(row.get(c)) for c in self.axes)
+        return tuple(scalar_value(row.get(c)) for c in self.axes)
 
     def problem_key(self, row: dict) -> tuple:
-        return tuple(_scalar(row.get(c)) for c in self.problem)
+        return tuple(scalar_value(row.get(c)) for c in self.problem)
 
     def vs_torch(self, row: dict) -> float:
-        ratio = _scalar(self.ratios.get(self.case_key(row)))
+        ratio = scalar_value(self.ratios.get(self.case_key(row)))
         return math.nan if ratio is None else float(ratio)
 
     def reference(self, row: dict) -> dict | None:
@@ -532,94 +653,7 @@ def _test_ratio(b: dict, n: dict, *, sides: tuple[_RatioSide, _RatioSide]) -> di
     return {**out, "p_slower": float(norm.sf(z)), "p_faster": float(norm.cdf(z))}
 
 
-# --- the command line: `workbench compare BASE NEW` ---------------------------------------------
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Print the comparison; exit 1 when a case is a regression, a new failure or missing (unless
-    args.allow_missing), else 0 (2 is main's: bad input). Inconclusive cases are counted only."""
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    if args.threshold < 0 or not 0 < args.alpha < 1:
-        console.print("[red]error:[/red] --threshold must be >= 0 and --alpha in (0, 1)")
-        return 2
-    base, new = load(args.base), load(args.new)
-    result = compare_runs(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric)
-    console.print(
-        f"compare {args.base} -> {args.new}: metric {args.metric}, "
-        f"threshold {args.threshold * 100:g}%, alpha {args.alpha:g}",
-        highlight=False,
-    )
-    if args.metric == "time" and (hint := _machine_hint(args.base, args.new)):
-        console.print(f"[yellow]{hint}", highlight=False)
-    console.print(render_table(result, args.metric))
-    counts = result["verdict"].value_counts()
-    console.print(", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts), highlight=False)
-    gate = [v for v in GATE_VERDICTS if v != "missing" or not args.allow_missing]
-    failing = [f"{counts[v]} {v}" for v in gate if v in counts]
-    if failing:
-        hint = (
-            " (--allow-missing accepts missing cases)"
-            if "missing" in gate and "missing" in counts
-            else ""
-        )
-        console.print(f"[red]fails the gate:[/red] {', '.join(failing)}{hint}", highlight=False)
-    return 1 if failing else 0
-
-
-def _machine_hint(base: Path, new: Path) -> str | None:
-    """Absolute times from two machines differ by the machine: say so, and what to use instead."""
-    keys = ("hostname", "cpu_model", "gpu_name")
-    try:
-        envs = [load_manifest(p).get("environment", {}) for p in (base, new)]
-    except RunStoreError:  # a bare parquet file has no manifest beside it
-        return None
-    differ = [k for k in keys if envs[0].get(k) != envs[1].get(k)]
-    if not differ:
-        return None
-    return f"the runs differ in {', '.join(differ)}: consider --metric ratio"
-
-
-_STYLE = {
-    "regression": "bold red", "new-failure": "bold red", "missing": "bold red",
-    "inconclusive": "yellow", "failed": "red", "improvement": "green", "fixed": "green",
-}  # fmt: skip
-
-
-def render_table(result: pd.DataFrame, metric: Metric) -> Table:
-    """A rich Table of the comparison, one line per case; `noise` is the noise floor, +-%."""
-    flags = [c for c in result.columns if c.startswith("flag_")]
-    axes = [c for c in (*CASE_AXES, *flags) if c in result and result[c].notna().any()]
-    table = Table()
-    for c in axes:
-        table.add_column({"implementation": "impl"}.get(c, c.removeprefix("flag_")))
-    quantity = ("base ms", "new ms") if metric == "time" else ("base vs torch", "new vs torch")
-    for c in (*quantity, "change", "noise", "p (Holm)", "n", "verdict", "note"):
-        table.add_column(c, justify="left" if c in ("verdict", "note") else "right")
-    for row in result.to_dict("records"):
-        if metric == "time":
-            figures = [_num(row["base_median_s"] * 1e3), _num(row["new_median_s"] * 1e3)]
-        else:
-            figures = [_num(row["base_vs_torch"]), _num(row["new_vs_torch"])]
-        verdict = row["verdict"]
-        style = _STYLE.get(verdict, "")
-        table.add_row(
-            *("-" if _scalar(row[c]) is None else str(row[c]) for c in axes),
-            *figures,
-            "-" if pd.isna(row["change"]) else f"{row['change']:.3f}x",
-            "-" if pd.isna(row["noise_floor"]) else f"±{_pct(row['noise_floor'])}",
-            "-" if pd.isna(row["p_value"]) else f"{row['p_value']:.2g}",
-            f"{row['n_base']}/{row['n_new']}",
-            f"[{style}]{verdict}[/]" if style else verdict,
-            _text(row["note"]),
-        )
-    return table
-
-
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     # a cell that went through pandas: None and NaN alike are no text
-    value = _scalar(value)
+    value = scalar_value(value)
     return "" if value is None else str(value)
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.4g}"
