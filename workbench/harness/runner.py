@@ -59,7 +59,7 @@ from .measure import (
 from .meters import Interference
 from .step_protocols import DENSE, class_minimal_bytes, protocol_for
 from .suite import Suite
-from .timing import Timing
+from .timing import Timing, pooled
 
 __all__ = ["CaseFailure", "run_case", "run_cases"]
 
@@ -240,11 +240,10 @@ def needs_another_visit(unit: list[Case], earlier: list[Visit], suite: Suite) ->
     if not target:  # 0: the suite asked for no adaptive timing
         return False
     for case in unit:
-        timings = [v.timings.get(case.case_id) for v in earlier]
-        if not timings or not all(isinstance(t, Timing) and t.samples_s for t in timings):
+        timings = [t for v in earlier if isinstance(t := v.timings.get(case.case_id), Timing)]
+        if not timings or len(timings) < len(earlier) or not all(t.samples_s for t in timings):
             continue
-        samples = [s for t in timings for s in t.samples_s]  # type: ignore[union-attr]
-        if stability.relative_noise(samples) > target:
+        if pooled(timings).noise > target:  # the noise the rows' pass will compute
             return True
     return False
 
