@@ -42,6 +42,54 @@ def test_a_step_that_fails_drops_out_and_the_others_go_on() -> None:
     assert isinstance(results[1], RuntimeError) and calls["bad"] == 3
 
 
+class _Clock:
+    """A perf_counter that moves only when a step says so: budgets counted in steps, not seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += 1.0
+
+
+def test_monitors_ride_along_without_earning_budget(monkeypatch) -> None:
+    import types
+
+    import workbench.harness.timing as timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=clock))
+    steps = [clock.step, clock.step, lambda: None]  # two cases, then one (free) monitor
+    alone = time_interleaved(steps, CPU, warmup_s=0, min_steps=1, max_steps=1000, budget_s=10)
+    clock.now = 0.0
+    ridden = time_interleaved(steps, CPU, warmup_s=0, min_steps=1, max_steps=1000, budget_s=10,
+                              riders=1)  # fmt: skip
+    # every round costs 2 clock seconds; budget_s * 3 steps = 30 s = 15 rounds counted as steps,
+    # budget_s * 2 cases = 20 s = 10 rounds with the monitor riding along
+    assert [len(r.samples_s) for r in alone] == [15, 15, 15]
+    assert [len(r.samples_s) for r in ridden] == [10, 10, 10]
+
+
+def test_rounds_end_when_only_monitors_are_left() -> None:
+    calls = {"case": 0, "monitor": 0}
+
+    def case() -> None:
+        calls["case"] += 1
+        if calls["case"] > 3:
+            raise RuntimeError("the case fails on its 4th call")
+
+    def monitor() -> None:
+        calls["monitor"] += 1
+
+    results = time_interleaved([case, monitor], CPU, warmup_s=0, min_steps=50, max_steps=50,
+                               budget_s=0, riders=1)  # fmt: skip
+    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[1], Timing) and len(results[1].samples_s) < 5
+
+
 def _case(impl: str, backend: str, size: str = "2x1k", world_size: int = 1) -> Case:
     return Case("Adamax", impl, backend, size, ((1000,), (1000,)), "float32", "cpu", (), 0,
                 world_size=world_size)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,9 @@ def test_environment_git_state_of_this_checkout() -> None:
         pytest.skip(f"package is not in a git checkout: {env['unavailable']['git_sha']}")
     assert re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
     assert isinstance(env["git_dirty"], bool)
+    # the committer date of HEAD, with its zone: `workbench history` orders runs by it
+    committed = datetime.fromisoformat(env["git_commit_time"])
+    assert committed.tzinfo is not None and committed <= datetime.now(timezone.utc)
 
 
 def test_environment_outside_git_gives_none_and_a_reason(
@@ -256,8 +260,8 @@ def test_environment_outside_git_gives_none_and_a_reason(
     monkeypatch.setattr(environment, "_REPO_DIR", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     env = environment.capture_environment()
-    assert env["git_sha"] is None and env["git_dirty"] is None
-    assert env["unavailable"]["git_sha"]
+    assert env["git_sha"] is None and env["git_dirty"] is None and env["git_commit_time"] is None
+    assert env["unavailable"]["git_sha"] and env["unavailable"]["git_commit_time"]
 
 
 def test_capabilities_on_cpu_name_what_is_missing() -> None:

@@ -58,7 +58,14 @@ def capture_environment(device: torch.device | str | None = None) -> dict[str, A
     sha, dirty, git_reason = _git_state()
     env["git_sha"], env["git_dirty"] = sha, dirty
     if git_reason:
-        unavailable["git_sha"] = unavailable["git_dirty"] = git_reason
+        env["git_commit_time"] = None
+        unavailable["git_sha"] = unavailable["git_dirty"] = unavailable["git_commit_time"] = (
+            git_reason
+        )
+    else:
+        # the committer date, ISO 8601: `workbench history` orders runs by it (a rebuilt old
+        # commit sorts where it belongs, not where it ran)
+        put("git_commit_time", lambda: _git("show", "-s", "--format=%cI", "HEAD"))
 
     put("python", lambda: platform.python_version())
     put("torch", lambda: torch.__version__)

@@ -320,7 +320,7 @@ def _time_group(
     settings = visit_settings(t, index, of)
 
     def attempt() -> list[Timing | Exception]:
-        return time_interleaved(steps, prepared[0].device, **settings)
+        return time_interleaved(steps, prepared[0].device, riders=len(monitors), **settings)
 
     first = attempt()
     if not _interfered(first, t.max_interference):
