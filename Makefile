@@ -12,20 +12,14 @@ PY := $(VENV)/bin/python
 SUITE ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
-# `make regress`: the step benchmarks (benchmarks/, pytest-benchmark) against the newest baseline in
-# REGRESS_STORAGE/<pytest-benchmark's machine id: OS and Python>; the first run there saves that
-# baseline instead. Baselines hold absolute times: they mean something only on the machine that
-# saved them.
+# `make regress`: the one gate (workbench regress = workbench run + workbench compare). It runs
+# REGRESS_SUITE and compares it with the baseline stored for this machine in
+# REGRESS_STORAGE/<machine id>/<suite name>/ (the id hashes CPU model, cores, memory, GPU, torch);
+# the first run on a machine becomes that baseline. Exit 1 on a regression, new failure or missing
+# case. REGRESS_ARGS: e.g. --threshold 0.15, --markdown comment.md.
+REGRESS_SUITE ?= suites/regress.toml
 REGRESS_STORAGE ?= results/baselines
-REGRESS_TESTS ?= benchmarks
-REGRESS_FAIL ?= median:25%
-REGRESS_ARGS ?= --benchmark-max-time=0.2 --benchmark-min-rounds=10 \
-	--benchmark-columns=min,median,iqr,rounds --benchmark-sort=name
-# not exported to the benchmarks unless set: they default to forloop,foreach,fused
-REGRESS_BACKENDS ?=
-REGRESS_PYTEST = $(if $(REGRESS_BACKENDS),REGRESS_BACKENDS=$(REGRESS_BACKENDS)) \
-	$(PY) -m pytest $(REGRESS_TESTS) -p no:cacheprovider -q \
-	--benchmark-storage=$(REGRESS_STORAGE) $(REGRESS_ARGS)
+REGRESS_ARGS ?=
 
 .PHONY: install bench bench-full convergence test test-all lint format clean regress regress-baseline report
 
@@ -80,21 +74,15 @@ test-all: install
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 regress: install
-	@machine=$$($(PY) -c "from pytest_benchmark.utils import get_machine_id; print(get_machine_id())"); \
-	if ls $(REGRESS_STORAGE)/$$machine/[0-9][0-9][0-9][0-9]_*.json >/dev/null 2>&1; then \
-		echo "make regress: comparing with the newest baseline in $(REGRESS_STORAGE)/$$machine"; \
-		$(REGRESS_PYTEST) --benchmark-compare --benchmark-compare-fail=$(REGRESS_FAIL); \
-	else \
-		echo "make regress: no baseline in $(REGRESS_STORAGE)/$$machine yet: this run becomes it"; \
-		$(REGRESS_PYTEST) --benchmark-autosave; \
-	fi
+	$(PY) -m workbench.cli regress $(REGRESS_SUITE) --baselines $(REGRESS_STORAGE) $(REGRESS_ARGS)
 
 regress-baseline: install
-	$(REGRESS_PYTEST) --benchmark-autosave
+	$(PY) -m workbench.cli regress $(REGRESS_SUITE) --baselines $(REGRESS_STORAGE) --save-baseline \
+		$(REGRESS_ARGS)
 
 lint: install
-	$(PY) -m ruff check workbench tests benchmarks notebooks
-	$(PY) -m ruff format --check workbench tests benchmarks
+	$(PY) -m ruff check workbench tests notebooks
+	$(PY) -m ruff format --check workbench tests
 
 format: install
 	$(PY) -m ruff format workbench tests

@@ -8,9 +8,7 @@ the columns of a run from the trust checks on.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -528,50 +526,31 @@ def test_two_real_tiny_runs_of_the_same_code_compare_equal(tmp_path: Path, capsy
     assert result["noise_floor"].notna().all()  # real rows record their noise
 
 
-# --- make regress: the pytest-benchmark gate ----------------------------------------------------
-
-TINY_BENCHMARK = """
-def test_sum(benchmark):
-    benchmark.pedantic(sum, args=(range(2000),), rounds=20, iterations=10)
-"""
+# --- make regress: workbench regress, the one gate ----------------------------------------------
 
 
-def _make(target: str, storage: Path, bench: Path) -> subprocess.CompletedProcess:
-    # under `make test -n 2` this runs in an xdist worker, whose variables would make
-    # pytest-benchmark think it is one too and switch itself off
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADD"))}
+def _make(target: str, storage: Path, suite: Path, out: Path) -> subprocess.CompletedProcess:
     command = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.installed", target]
-    command += [f"PY={sys.executable}", f"REGRESS_STORAGE={storage}", f"REGRESS_TESTS={bench}"]
-    command += ["REGRESS_ARGS="]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _scale_saved(path: Path, factor: float) -> None:
-    """Pretend a saved baseline ran `factor` times the time it did."""
-    data = json.loads(path.read_text())
-    for bench in data["benchmarks"]:
-        stats = bench["stats"]
-        for k in ("min", "max", "mean", "median", "q1", "q3", "iqr", "stddev", "total"):
-            stats[k] *= factor
-    path.write_text(json.dumps(data))
+    command += [f"PY={sys.executable}", f"REGRESS_STORAGE={storage}", f"REGRESS_SUITE={suite}"]
+    command += [f"REGRESS_ARGS=--out {out}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.skipif(subprocess.run(["which", "make"], capture_output=True).returncode != 0,
                     reason="make is not installed")  # fmt: skip
-def test_make_regress_saves_a_baseline_first_then_fails_only_on_regression(tmp_path) -> None:
-    bench, storage = tmp_path / "test_tiny_bench.py", tmp_path / "baselines"
-    bench.write_text(TINY_BENCHMARK)
-    first = _make("regress", storage, bench)
+def test_make_regress_is_workbench_regress(tmp_path: Path) -> None:
+    from tests.test_gate import SUITE
+
+    suite, storage, out = tmp_path / "gate.toml", tmp_path / "baselines", tmp_path / "results"
+    suite.write_text(SUITE)
+    first = _make("regress", storage, suite, out)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "this run becomes it" in first.stdout
-    (saved,) = storage.glob("*/0001_*.json")
-    # scaled far beyond any noise, so that the verdicts are certain
-    _scale_saved(saved, 0.1)  # the baseline was 10x faster: now a regression
-    slower = _make("regress", storage, bench)
-    assert slower.returncode != 0
-    assert "Performance has regressed" in slower.stdout + slower.stderr
-    _scale_saved(saved, 100.0)  # the baseline was 10x slower: an improvement passes
-    faster = _make("regress", storage, bench)
-    assert faster.returncode == 0, faster.stdout + faster.stderr
-    assert "comparing with the newest baseline" in faster.stdout
-    assert len(list(storage.glob("*/*.json"))) == 1  # comparing never moves the baseline
+    assert "is now the baseline" in first.stdout
+    (stored,) = storage.glob("*/gate/records.parquet")
+    second = _make("regress", storage, suite, out)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "against the baseline of machine" in second.stdout
+    saved = _make("regress-baseline", storage, suite, out)
+    assert saved.returncode == 0 and "--save-baseline" in saved.stdout
+    assert len(list(out.iterdir())) == 3
+    assert list(storage.glob("*/gate/records.parquet")) == [stored]

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("workbench run: give a SUITE file, or --resume RUN_DIR")
     suite = load_suite(args.suite, args.set)
     cases = suite.cases()  # validates the whole sweep before any work
-    run_id = time.strftime(f"{suite.name}-%Y%m%d-%H%M%S")
+    run_id = _free_run_id(args.out, time.strftime(f"{suite.name}-%Y%m%d-%H%M%S"))
     manifest = {
         "run_id": run_id,
         "suite": suite.name,
@@ -74,7 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_text = Path(args.suite).read_text(encoding="utf-8")  # load_suite checked it decodes
     # the store is locked for as long as the run goes on, and released however it ends
     with RunStore.create(args.out / run_id, manifest, suite_text) as store:
+        args.run_dir = store.run_dir  # for `regress`, which judges the run just made
         return _measure(args, suite, store, cases)
+
+
+def _free_run_id(out: Path, run_id: str) -> str:
+    """`run_id`, or with -2, -3, ... where a run of the same second is there already (two
+    quick runs back to back, as `workbench regress` in CI makes them)."""
+    candidate, n = run_id, 2
+    while (out / candidate).exists():
+        candidate, n = f"{run_id}-{n}", n + 1
+    return candidate
 
 
 def _measure(args: argparse.Namespace, suite: Any, store: RunStore, cases: list[Any]) -> int:
@@ -282,6 +292,40 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    """Run the suite, then gate it against its machine's stored baseline (results/baselines.py);
+    with none stored yet, or --save-baseline, the run becomes that baseline. Exit codes: the
+    run's when it measured nothing (1) or was interrupted (130), else compare's."""
+    from workbench.results import baselines
+
+    run = argparse.Namespace(
+        suite=args.suite, out=args.out, set=args.set, resume=None, strict=False
+    )
+    code = cmd_run(run)
+    run_dir: Path = run.run_dir
+    if code != 0:
+        console.print(f"[red]regress: the run did not complete (exit {code}); nothing compared")
+        return code
+    stored = baselines.baseline_dir(args.baselines, run_dir)
+    mid, fingerprint = baselines.machine_of(run_dir)
+    if args.save_baseline or not baselines.has_baseline(stored):
+        baselines.save_baseline(run_dir, stored)
+        why = "--save-baseline" if args.save_baseline else "none was stored for this machine"
+        console.print(
+            f"regress: {run_dir} is now the baseline in {stored} ({why}); machine {mid}: "
+            f"{', '.join(f'{k} {v}' for k, v in fingerprint.items())}. Commit it to share it.",
+            highlight=False,
+        )
+        return 0
+    console.print(f"regress: against the baseline of machine {mid} in {stored}", highlight=False)
+    compare = argparse.Namespace(
+        base=stored, new=run_dir, threshold=args.threshold, alpha=args.alpha, metric="time",
+        allow_missing=args.allow_missing, loss_tolerance=args.loss_tolerance,
+        allow_other_machine=False, markdown=args.markdown,
+    )  # fmt: skip
+    return cmd_compare(compare)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     table = Table("run", "suite", "status", "started", "rows")
     for manifest_path in sorted(args.results.glob("*/manifest.json")):
@@ -386,26 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("base", type=Path, help="baseline run directory (or its records.parquet)")
     cmp.add_argument("new", type=Path, help="run to judge against it")
-    cmp.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                     help="smallest change of the median that counts (default %(default)s: "
-                          "10%%)")  # fmt: skip
-    cmp.add_argument("--allow-missing", action="store_true",
-                     help="a case of BASE missing from NEW does not fail the gate")  # fmt: skip
-    cmp.add_argument("--alpha", type=float, default=0.01,
-                     help="significance level, Holm-corrected over the cases")  # fmt: skip
+    _gate_options(cmp)
     cmp.add_argument("--metric", choices=("time", "ratio"), default="time",
                      help="time: absolute medians (same machine); ratio: vs torch.optim "
                           "measured inside each run (across machines)")  # fmt: skip
-    cmp.add_argument("--loss-tolerance", type=float, default=DEFAULT_LOSS_TOLERANCE,
-                     help="a final loss worse than BASE's by more than this, relative, is a "
-                          "regression (default %(default)g)")  # fmt: skip
     cmp.add_argument("--allow-other-machine", action="store_true",
                      help="--metric time even when the runs' machine fingerprints differ (only "
                           "if you know the two machines time alike)")  # fmt: skip
-    cmp.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE",
-                     help="also write a PR comment in Markdown to FILE (no FILE: stdout, "
-                          "and the table goes to stderr)")  # fmt: skip
     cmp.set_defaults(func=cmd_compare)
+
+    reg = sub.add_parser(
+        "regress",
+        help="run a suite and gate it against its machine's stored baseline (the first run on "
+        "a machine becomes it); exit 1 on a regression, new failure or missing case",
+    )
+    reg.add_argument("suite", type=Path, help="suite TOML file (suites/regress.toml)")
+    reg.add_argument("--baselines", type=Path, default=Path("results/baselines"),
+                     help="folder of baselines, one per machine id and suite (default "
+                          "%(default)s)")  # fmt: skip
+    reg.add_argument("--save-baseline", action="store_true",
+                     help="store this run as its machine's baseline, not compare")  # fmt: skip
+    reg.add_argument("--out", type=Path, default=Path("results"), help="parent of the run dir")
+    reg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a suite key (the baseline should have been made with the "
+                          "same)")  # fmt: skip
+    _gate_options(reg)
+    reg.set_defaults(func=cmd_regress)
 
     plot = sub.add_parser("plot", help="write a run's figures to RUN/figures (PNG + SVG)")
     plot.add_argument("run", type=Path)
@@ -438,6 +488,23 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", type=Path, default=Path("results/trace.json"))
     prof.set_defaults(func=cmd_profile)
     return parser
+
+
+def _gate_options(parser: argparse.ArgumentParser) -> None:
+    """The gate's knobs, the same for `compare` and `regress`."""
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="smallest change of the median that counts (default %(default)s: "
+                             "10%%)")  # fmt: skip
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="a case of BASE missing from NEW does not fail the gate")  # fmt: skip
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level, Holm-corrected over the cases")  # fmt: skip
+    parser.add_argument("--loss-tolerance", type=float, default=DEFAULT_LOSS_TOLERANCE,
+                        help="a final loss worse than BASE's by more than this, relative, is a "
+                             "regression (default %(default)g)")  # fmt: skip
+    parser.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE",
+                        help="also write a PR comment in Markdown to FILE (no FILE: stdout, "
+                             "and the table goes to stderr)")  # fmt: skip
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
