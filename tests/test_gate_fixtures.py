@@ -99,3 +99,29 @@ def test_a_case_missing_from_the_new_run_fails_the_gate(tmp_path: Path) -> None:
     assert main(["compare", str(A), str(fewer)]) == 1
     assert main(["compare", str(A), str(fewer), "--allow-missing"]) == 0
     assert _verdicts(A, fewer)[case] == "missing"
+
+
+CONVERGENCE = RUNS / "convergence"  # a real convergence run: Adam, SGD on quadratic, digits
+
+
+def test_a_worse_final_loss_fails_the_gate_and_rounding_does_not(tmp_path: Path) -> None:
+    case_key = ["optimizer", "implementation", "backend", "problem"]
+    df = load(CONVERGENCE)
+    case = tuple(df.loc[df["implementation"] == "workbench", case_key].iloc[0])
+
+    def scaled(factor: float) -> Path:
+        run = tmp_path / f"loss-x{factor}"
+        shutil.copytree(CONVERGENCE, run)
+        new = load(run)
+        rows = new.set_index(case_key).index.isin([case])
+        new.loc[rows, "final_loss"] = new.loc[rows, "final_loss"] * factor
+        new.to_parquet(run / "records.parquet")
+        return run
+
+    assert main(["compare", str(CONVERGENCE), str(CONVERGENCE)]) == 0
+    worse = scaled(1.01)  # 1% worse: beyond the default tolerance (relative 1e-3)
+    assert main(["compare", str(CONVERGENCE), str(worse)]) == 1
+    result = compare_runs(load(CONVERGENCE), load(worse)).set_index(case_key)
+    assert result.loc[case, "exact_verdict"] == "regression"
+    assert (result.drop(case)["exact_verdict"] == "same").all()
+    assert main(["compare", str(CONVERGENCE), str(scaled(1 + 1e-5))]) == 0  # within tolerance
