@@ -160,7 +160,7 @@ def run_cases(
     in_workers = latency and any(case.repeat > 0 for case in cases)
     units = interleave_groups(pending) if interleave else [[case] for case in pending]
     visits = visits_of(suite, cases)
-    earlier = _earlier_visits(units, suite, visits, on_visit_done)
+    timed = _timing_passes(units, suite, visits, on_visit_done)
     for number, unit in enumerate(units):
         device = unit[0].device
         before = probes.before(device)
@@ -177,7 +177,7 @@ def run_cases(
             elif in_workers:
                 outcomes = measure_in_worker(unit, suite, store.run_dir / LOG_FILE)
             else:
-                outcomes = measure_group(unit, suite, earlier.pop(number, None))
+                outcomes = measure_group(unit, suite, timed.pop(number, None))
             rows = [case_row(case, outcome) for case, outcome in outcomes]
         del outcomes
         _release(device)
@@ -202,7 +202,7 @@ def visits_of(suite: Suite, cases: Iterable[Case]) -> int:
     return suite.timing.visits
 
 
-def _earlier_visits(
+def _timing_passes(
     units: list[list[Case]],
     suite: Suite,
     visits: int,
