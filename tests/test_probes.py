@@ -366,3 +366,23 @@ def test_the_in_window_monitors_turn_pass_times_into_rates_and_their_spread() ->
     before = ops.x.clone()
     ops.step()
     assert torch.equal(ops.x, before)  # add and subtract in turn: a pass changes nothing
+
+
+def test_probes_and_the_monitor_share_one_pair_of_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # allocating and faulting in four caches' worth for every probe cost minutes of a quick run
+    made: list[int] = []
+    real = bandwidth._stream_buffers
+
+    def counting(device: torch.device, nbytes: int | None = None):
+        made.append(1)
+        return real(device, 1 << 20)
+
+    monkeypatch.setattr(bandwidth, "_BUFFERS", {})
+    monkeypatch.setattr(bandwidth, "_stream_buffers", counting)
+    monitor = bandwidth.StreamMonitor(CPU)
+    for _ in range(3):
+        assert bandwidth.stream_bandwidth(CPU, reps=2, min_s=0.0) > 0
+    assert bandwidth.StreamMonitor(CPU).src is monitor.src
+    assert len(made) == 1
+    bandwidth.stream_bandwidth(CPU, nbytes=1 << 16, reps=2, min_s=0.0)  # a size of its own
+    assert len(made) == 2

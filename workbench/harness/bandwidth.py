@@ -56,7 +56,10 @@ def stream_bandwidth(
     run would inherit it.
     """
     device = torch.device(device)
-    src, dst = _stream_buffers(device, nbytes)
+    # the default size shares the in-window monitor's buffers: allocating and faulting in two new
+    # buffers of four caches for each probe (two per group) cost 1.8 s per buffer on a slow day
+    # of this project's VM, several minutes of a quick run
+    src, dst = shared_buffers(device) if nbytes is None else _stream_buffers(device, nbytes)
     numel = src.numel()
     passes = (
         (2 * numel * 4, lambda: dst.copy_(src)),
@@ -152,13 +155,8 @@ class StreamMonitor:
     round cannot. The buffers are allocated once per device and kept for the process.
     """
 
-    _buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
     def __init__(self, device: torch.device) -> None:
-        key = str(device)
-        if key not in self._buffers:
-            self._buffers[key] = _stream_buffers(device)
-        self.src, self.dst = self._buffers[key]
+        self.src, self.dst = shared_buffers(device)
         self.bytes_per_pass = 3 * self.src.numel() * 4
         self._passes = 0
 
@@ -210,6 +208,18 @@ def _median_and_spread(rates: list[float]) -> tuple[float, float]:
         return rates[0], 0.0
     q1, median, q3 = statistics.quantiles(rates, n=4, method="inclusive")
     return median, (q3 - q1) / median
+
+
+_BUFFERS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def shared_buffers(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default-sized probe buffers of `device`, allocated once and kept for the process (by
+    StreamMonitor and stream_bandwidth alike)."""
+    key = str(device)
+    if key not in _BUFFERS:
+        _BUFFERS[key] = _stream_buffers(device)
+    return _BUFFERS[key]
 
 
 def _stream_buffers(
