@@ -45,10 +45,12 @@ def test_later_runs_are_gated_and_a_slowdown_fails(
 ) -> None:
     assert _regress(tmp_path) == 0
     first = json.loads((_stored(tmp_path) / "manifest.json").read_text())["run_id"]
-    assert _regress(tmp_path) == 0  # the same code, back to back
+    # the same code, back to back; 30%: under `make test -n 2` a sleep-bound case once read 1.11x
+    # (a clean-clone CI failure), and what this test is about is the plumbing, not the noise
+    assert _regress(tmp_path, "--threshold", "0.3") == 0
     assert "against the baseline of machine" in capsys.readouterr().out
     monkeypatch.setenv(SLOWDOWN_ENV, "2000:1.5")  # the 2x1k case, 1.5x slower
-    assert _regress(tmp_path) == 1
+    assert _regress(tmp_path, "--threshold", "0.3") == 1
     assert "fails the gate" in capsys.readouterr().out
     # judging a run never moves the baseline
     assert json.loads((_stored(tmp_path) / "manifest.json").read_text())["run_id"] == first
