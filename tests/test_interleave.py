@@ -90,6 +90,35 @@ def test_rounds_end_when_only_monitors_are_left() -> None:
     assert isinstance(results[1], Timing) and len(results[1].samples_s) < 5
 
 
+def test_warm_up_lasts_at_least_the_rounds_asked() -> None:
+    log: list[str] = []
+    steps = [lambda name=name: log.append(name) for name in "ab"]
+    results = time_interleaved(steps, CPU, warmup_s=0.0, min_steps=2, max_steps=2, budget_s=0.0,
+                               warmup_rounds=3)  # fmt: skip
+    assert all(isinstance(r, Timing) and len(r.samples_s) == 2 for r in results)
+    assert log.count("a") == log.count("b") == 1 + 3 + 2  # first call, warm-up rounds, timed
+
+
+def test_every_copy_takes_its_first_step_before_the_timed_rounds() -> None:
+    """A copy's first step creates its state and faults in its memory: timed, it once doubled
+    Adam fused's median (12 copies, about 8 rounds a visit)."""
+    import types
+
+    from workbench.harness import measure
+    from workbench.harness.suite import MeasureSettings, Suite, TimingSettings
+
+    calls: list[int] = []  # the copy each step went to, in order
+    copies = [types.SimpleNamespace(protocol="closure", step=lambda i=i: calls.append(i))
+              for i in range(5)]  # fmt: skip
+    prepared = measure.PreparedCase(_case("workbench", "forloop"), CPU, copies[0], copies)
+    timing = TimingSettings(warmup_s=0.0, min_steps=3, max_steps=3, budget_s=0.0)
+    suite = Suite("s", "", Path("s.toml"), timing, MeasureSettings(bandwidth_probe=False))
+    (result,) = measure._time_group([prepared], suite, monitors=[], index=1, of=3)
+    assert isinstance(result, Timing) and len(result.samples_s) == 1  # ceil(3 / 3 visits)
+    untimed = calls[: len(calls) - len(result.samples_s)]
+    assert sorted(set(untimed)) == [0, 1, 2, 3, 4]
+
+
 def _case(impl: str, backend: str, size: str = "2x1k", world_size: int = 1) -> Case:
     return Case("Adamax", impl, backend, size, ((1000,), (1000,)), "float32", "cpu", (), 0,
                 world_size=world_size)  # fmt: skip

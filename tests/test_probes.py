@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.harness import bandwidth, environment, launches, memory
+from workbench.harness import bandwidth, cache, environment, launches, measure, memory
 
 CPU = torch.device("cpu")
 MiB = 1 << 20
@@ -209,18 +209,17 @@ def test_probe_takes_the_faster_of_copy_and_in_place_update(
     assert seen == [0.5, 0.5]  # the probe's time is shared between its two passes
 
 
-def test_cpu_default_buffer_exceeds_the_last_level_cache() -> None:
-    llc = bandwidth.last_level_cache_bytes()
-    size = bandwidth._cpu_default_bytes()
-    assert size >= 64 * MiB
-    if llc is not None:
-        assert size >= min(2 * llc, 1024 * MiB)
+def test_cpu_default_buffer_is_twice_the_measured_cache(monkeypatch) -> None:
+    monkeypatch.setattr(cache, "_measured", {"bytes": 128 * MiB})
+    assert bandwidth._cpu_default_bytes() == 256 * MiB
+    monkeypatch.setattr(cache, "_measured", {"bytes": 8 * MiB})
+    assert bandwidth._cpu_default_bytes() == 64 * MiB  # never below the floor
 
 
 def test_parse_cache_size() -> None:
-    assert bandwidth._parse_size("32768K") == 32 * MiB
-    assert bandwidth._parse_size("2M") == 2 * MiB
-    assert bandwidth._parse_size("4096") == 4096
+    assert cache._parse_size("32768K") == 32 * MiB
+    assert cache._parse_size("2M") == 2 * MiB
+    assert cache._parse_size("4096") == 4096
 
 
 # ---- environment ----------------------------------------------------------------------------
@@ -386,3 +385,25 @@ def test_probes_and_the_monitor_share_one_pair_of_buffers(monkeypatch: pytest.Mo
     assert len(made) == 1
     bandwidth.stream_bandwidth(CPU, nbytes=1 << 16, reps=2, min_s=0.0)  # a size of its own
     assert len(made) == 2
+
+
+def test_the_cache_is_the_largest_size_clearly_faster_than_memory() -> None:
+    # this project's VM: sysfs says 480 MiB, the readings say 128 MiB (GB/s per working set)
+    readings = {8: 66, 16: 74, 32: 78, 64: 77, 128: 47, 256: 39, 512: 38}
+    assert cache.cached_size({s * MiB: r * 1e9 for s, r in readings.items()}) == 128 * MiB
+    # a dip below the margin in between does not end the cache early: the largest size counts
+    readings = {8: 70, 16: 42, 32: 60, 64: 38, 128: 38}
+    assert cache.cached_size({s * MiB: r * 1e9 for s, r in readings.items()}) == 32 * MiB
+    # nothing faster than memory: the smallest size measured
+    assert cache.cached_size({8 * MiB: 40e9, 16 * MiB: 41e9, 32 * MiB: 40e9}) == 8 * MiB
+
+
+def test_the_measured_cache_is_one_of_the_sizes_and_recorded(monkeypatch) -> None:
+    monkeypatch.setattr(cache, "_measured", None)
+    monkeypatch.setattr(cache, "last_level_cache_bytes", lambda: 16 * MiB)  # keep it quick
+    found = cache.cpu_cache()
+    sizes = [8 * MiB, 16 * MiB, 32 * MiB]  # 8 MiB doubling up to twice sysfs's
+    assert list(found["readings_gb_s"]) == ["8 MiB", "16 MiB", "32 MiB"]
+    assert found["bytes"] in sizes[:2] and found["sysfs_last_level_bytes"] == 16 * MiB
+    assert cache.cpu_cache() is found  # measured once per process
+    assert measure.copies_for(found["bytes"], CPU) == measure.CACHE_MULTIPLE

@@ -22,9 +22,10 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from . import cache
 
 MiB = 1 << 20
 _CUDA_BYTES = 256 * MiB  # well above H100/H200 L2 (50 MiB) and A100's (40 MiB)
@@ -46,8 +47,9 @@ def stream_bandwidth(
     in-place update (see the module docstring), each the median of at least `reps` passes (and
     `min_s` seconds on CPU).
 
-    `nbytes` is each buffer's size; by default 256 MiB on CUDA and, on CPU, twice the machine's
-    total last-level cache (at least 64 MiB), so the two buffers span four times the cache.
+    `nbytes` is each buffer's size; by default 256 MiB on CUDA and, on CPU, twice the cache this
+    process gets (at least 64 MiB; see workbench.harness.cache), so the two buffers span four
+    caches.
     The median, as the steps it is held against are timed: on a shared VM the best pass catches
     bursts no step sees (one run's best in-place pass read 149 GB/s where steps and later
     medians read 60-75; STREAM's best-of assumes a machine of one's own). The passes span
@@ -108,41 +110,9 @@ def _median_cuda_s(
 
 
 def _cpu_default_bytes() -> int:
-    llc = last_level_cache_bytes()
-    if llc is None:
-        return _CPU_MIN_BYTES
-    return min(_CPU_MAX_BYTES, max(_CPU_MIN_BYTES, 2 * llc))
-
-
-def last_level_cache_bytes() -> int | None:
-    """Total size of the highest-level CPU cache across the machine (all instances), or None.
-
-    From sysfs: each cache instance is counted once, by the set of CPUs that share it.
-    """
-    root = Path("/sys/devices/system/cpu")
-    best_level = -1
-    instances: dict[str, int] = {}  # shared_cpu_list -> size: one entry per cache instance
-    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
-        try:
-            level = int((index / "level").read_text())
-            if (index / "type").read_text().strip() == "Instruction":
-                continue
-            size = _parse_size((index / "size").read_text().strip())
-            shared = (index / "shared_cpu_list").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if level > best_level:
-            best_level, instances = level, {}
-        if level == best_level:
-            instances[shared] = size
-    return sum(instances.values()) or None
-
-
-def _parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text and text[-1].upper() in units:
-        return int(text[:-1]) * units[text[-1].upper()]
-    return int(text)
+    """Each probe buffer: twice the cache this process gets (cache.cpu_cache, measured), so that
+    the two buffers span four caches."""
+    return min(_CPU_MAX_BYTES, max(_CPU_MIN_BYTES, 2 * cache.cpu_cache()["bytes"]))
 
 
 class StreamMonitor:

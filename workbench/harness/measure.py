@@ -34,15 +34,16 @@ from typing import Any
 
 import torch
 
-from . import bandwidth, launches, memory, stability
+from . import bandwidth, cache, launches, memory, stability
 from .cases import Case
 from .implementations import ImplementationError
 from .step_protocols import DENSE, Workload, build_workload, timed_row_fields
 from .suite import Suite
 from .timing import Timing, pooled, sample_fields, time_interleaved
 
-# A working set smaller than this many times the last-level cache is replicated and the copies
-# stepped in turn, so each timed step streams from memory as a real model's step would.
+# A working set smaller than this many times the cache (cache.cache_bytes: the GPU's L2, the CPU
+# cache this process gets, measured) is replicated and the copies stepped in turn, so each timed
+# step streams from memory as a real model's step would.
 CACHE_MULTIPLE = 4
 MAX_COPIES = 64
 
@@ -57,16 +58,9 @@ class CaseFailure(Exception):
         self.status = status
 
 
-def cache_bytes(device: torch.device) -> int:
-    """The cache a small working set could live in: GPU L2, or the CPU's last-level cache."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).L2_cache_size)
-    return bandwidth.last_level_cache_bytes() or 32 << 20
-
-
 def copies_for(working_set: int, device: torch.device) -> int:
     """How many workloads a case builds: enough that together they span CACHE_MULTIPLE caches."""
-    llc = cache_bytes(device)
+    llc = cache.cache_bytes(device)
     if 0 < working_set < CACHE_MULTIPLE * llc:
         return min(MAX_COPIES, math.ceil(CACHE_MULTIPLE * llc / working_set))
     return 1
@@ -319,8 +313,17 @@ def _time_group(
     steps = [p.step for p in prepared] + [m.step for m in monitors]
     settings = visit_settings(t, index, of)
 
+    # every copy of every workload takes its first step before the timed rounds
+    warmup_rounds = max(len(p.copies) for p in prepared) - 1
+
     def attempt() -> list[Timing | Exception]:
-        return time_interleaved(steps, prepared[0].device, riders=len(monitors), **settings)
+        return time_interleaved(
+            steps,
+            prepared[0].device,
+            riders=len(monitors),
+            warmup_rounds=warmup_rounds,
+            **settings,
+        )
 
     first = attempt()
     if not _interfered(first, t.max_interference):

@@ -39,7 +39,7 @@ import torch
 
 from workbench.results.store import RunStore, now
 
-from . import bandwidth, conditions, quiet, stability
+from . import bandwidth, cache, conditions, quiet, stability
 from .cases import Case
 from .convergence import ReferenceCache, run_convergence_case
 from .distributed import LaunchError, launch, rank_temp_dir
@@ -148,11 +148,14 @@ def run_cases(
     shared by the cases of one run). `on_visit_done(unit, index, of)` follows each earlier
     visit of a latency group (see the module docstring); `on_case_done` each row.
     """
-    store.manifest["conditions"] = conditions.control()
-    store.write_manifest()
-    quiet.log_to(store.run_dir / LOG_FILE)
+    store.manifest["conditions"] = {**conditions.control()}
     done = store.done_case_ids()
     pending = [case for case in cases if case.case_id not in done]
+    if suite.kind == "latency" and any(case.device == "cpu" for case in pending):
+        # what sizes the cache-defeating copies and the probes (measured once per process)
+        store.manifest["conditions"]["cpu_cache"] = cache.cpu_cache()
+    store.write_manifest()
+    quiet.log_to(store.run_dir / LOG_FILE)
     references = ReferenceCache()
     latency = suite.kind == "latency"
     interleave = latency and suite.timing.interleave

@@ -184,6 +184,7 @@ def time_interleaved(
     target_noise: float | None = None,
     max_extension: float = 1.0,
     riders: int = 0,
+    warmup_rounds: int = 0,
 ) -> list[Timing | Exception]:
     """Time several steps side by side: rounds in which each takes one timed step, the order
     rotating from round to round, so that every step sees the same stretch of machine time.
@@ -199,13 +200,21 @@ def time_interleaved(
     warm-up or budget of their own and do not decide when the rounds are precise enough. Counted
     as steps, each monitor once made every group's rounds a budget longer (make bench: 223 s ->
     251 s).
+
+    The warm-up lasts `warmup_s` per step and at least `warmup_rounds` rounds after the first
+    calls: a step that rotates over N copies of its workload needs N - 1 of them, or its later
+    copies take their first step (state created, fresh memory faulted in) inside the timed
+    rounds. That once read Adam fused at 15 ms where it steps in 7.4: with 12 copies and about
+    8 rounds a visit, nearly every timed step was some copy's first.
     """
     results: list[Timing | Exception] = [_first_call(step, device) for step in steps]
     rounds = _Rounds(steps, results, device, riders)
     deadline = time.perf_counter() + warmup_s * len(rounds.budgeted)
-    while rounds.budgeted and time.perf_counter() < deadline:
+    warm = 0
+    while rounds.budgeted and (warm < warmup_rounds or time.perf_counter() < deadline):
         for i in list(rounds.active):
             rounds.run(i)
+        warm += 1
     sync(device)
 
     interference = Interference()
