@@ -27,6 +27,7 @@ peer's of the same name run the same protocol, since the runner decides by the o
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -127,16 +128,18 @@ def timed_row_fields(workload: Workload, step_results: list[int | None]) -> dict
 # step's time depends on its values only through their kind (finite, normal, not denormal), which
 # the pool keeps; which normal value lands where does not matter.
 _POOL_NUMEL = 1 << 22
-_pool: list[Tensor] = []
+
+
+@functools.cache
+def _normal_pool() -> Tensor:
+    return torch.randn(_POOL_NUMEL, generator=torch.Generator().manual_seed(0))
 
 
 def _randn(
     shape: tuple[int, ...], gen: torch.Generator, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     # made on the CPU so that every device gets the same numbers for a seed
-    if not _pool:
-        _pool.append(torch.randn(_POOL_NUMEL, generator=torch.Generator().manual_seed(0)))
-    pool = _pool[0]
+    pool = _normal_pool()
     numel = math.prod(shape)
     out = torch.empty(numel)
     start = int(torch.randint(_POOL_NUMEL, (1,), generator=gen))
